@@ -1,0 +1,56 @@
+//! The envelope: technical `metadata` beside business `data`.
+
+use crate::{DataClassification, EventData, EventType};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Technical facts about an event. JSON names are the seed's camelCase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventMetadata {
+    /// Unique id; the factory makes a v7 (time-ordered) UUID. Clients
+    /// de-duplicate redeliveries by it.
+    pub event_id: Uuid,
+    pub event_type: EventType,
+    /// Schema version of `data`, `major.minor` (e.g. `"1.0"`).
+    pub event_version: String,
+    /// Ties together every event of one business flow across services.
+    pub correlation_id: String,
+    /// `eventId` of the event that caused this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<String>,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub timestamp: u64,
+    /// Producing service, e.g. `"price-service"`.
+    pub source: String,
+    /// The owning user; required for confidential and restricted events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    pub data_classification: DataClassification,
+    /// The Kafka partition key (see [`crate::partition`]).
+    pub partition: String,
+    /// Further field: the legacy topic a migrated event came from, so
+    /// operators can tell migrated events apart (absent on new events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrated_from: Option<String>,
+}
+
+/// An event: metadata plus data of type `T`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventEnvelope<T> {
+    pub metadata: EventMetadata,
+    pub data: T,
+}
+
+/// An event whose data is any of the known payloads.
+pub type Event = EventEnvelope<EventData>;
+
+impl<T: Serialize> EventEnvelope<T> {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("an envelope always serializes")
+    }
+
+    pub fn to_json_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an envelope always serializes")
+    }
+}
