@@ -216,7 +216,7 @@ impl<'r> Validator<'r> {
                     "is before 2020-01-01; it must be milliseconds since the Unix epoch",
                 );
             } else if let Some(now) = self.now_ms {
-                if ts > now + MAX_FUTURE_SKEW_MS {
+                if ts > now.saturating_add(MAX_FUTURE_SKEW_MS) {
                     errs.push(
                         "/metadata/timestamp",
                         ErrorCode::Timestamp,

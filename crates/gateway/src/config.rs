@@ -1,0 +1,172 @@
+//! Every setting, read in one place: each is a CLI flag with an environment
+//! variable of the seed's name beside it (the flag wins). A bad value stops
+//! start-up with a message naming the variable (see `cli::main`).
+
+use clap::{builder::BoolishValueParser, Args};
+use moonx_events::{DLQ_TOPIC, MAIN_TOPIC};
+use std::time::Duration;
+
+/// Names of the environment variables, so that code and docs agree.
+pub mod env {
+    pub const KAFKA_BROKERS: &str = "KAFKA_BROKERS";
+    pub const KAFKA_MAIN_TOPIC: &str = "KAFKA_MAIN_TOPIC";
+    pub const KAFKA_CONSUMER_GROUP_ID: &str = "KAFKA_CONSUMER_GROUP_ID";
+    pub const KAFKA_LEGACY_TOPICS_ENABLED: &str = "KAFKA_LEGACY_TOPICS_ENABLED";
+    pub const KAFKA_STATS_INTERVAL_MS: &str = "KAFKA_STATS_INTERVAL_MS";
+    pub const KAFKA_AUTO_OFFSET_RESET: &str = "KAFKA_AUTO_OFFSET_RESET";
+    pub const GATEWAY_INSTANCE_ID: &str = "GATEWAY_INSTANCE_ID";
+    pub const EVENT_PROCESSING_ENABLED: &str = "EVENT_PROCESSING_ENABLED";
+    pub const EVENT_VALIDATION_ENABLED: &str = "EVENT_VALIDATION_ENABLED";
+    pub const EVENT_DEAD_LETTER_QUEUE_ENABLED: &str = "EVENT_DEAD_LETTER_QUEUE_ENABLED";
+    pub const EVENT_DEAD_LETTER_QUEUE_TOPIC: &str = "EVENT_DEAD_LETTER_QUEUE_TOPIC";
+    pub const DLQ_WRITER: &str = "DLQ_WRITER";
+    pub const HANDLER_MAX_ATTEMPTS: &str = "HANDLER_MAX_ATTEMPTS";
+    pub const HANDLER_RETRY_BACKOFF_MS: &str = "HANDLER_RETRY_BACKOFF_MS";
+    pub const ROUTE_AUDIT_FILE: &str = "ROUTE_AUDIT_FILE";
+    pub const HOST: &str = "HOST";
+    pub const PORT: &str = "PORT";
+    pub const JWT_SECRET: &str = "JWT_SECRET";
+    pub const ALLOWED_ORIGINS: &str = "ALLOWED_ORIGINS";
+    pub const WS_MAX_CONNECTIONS: &str = "WS_MAX_CONNECTIONS";
+    pub const WS_MAX_FRAME_BYTES: &str = "WS_MAX_FRAME_BYTES";
+    pub const WS_MAX_SUBSCRIPTIONS: &str = "WS_MAX_SUBSCRIPTIONS";
+    pub const WS_RATE_LIMIT_PER_SEC: &str = "WS_RATE_LIMIT_PER_SEC";
+    pub const WS_RATE_LIMIT_BURST: &str = "WS_RATE_LIMIT_BURST";
+    pub const WS_QUEUE_CAPACITY: &str = "WS_QUEUE_CAPACITY";
+    pub const WS_DEDUP_WINDOW: &str = "WS_DEDUP_WINDOW";
+    pub const WS_PRESENCE_EVENTS: &str = "WS_PRESENCE_EVENTS";
+    pub const LOG_FORMAT: &str = "LOG_FORMAT";
+}
+
+/// Where Kafka is.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Bootstrap servers, comma-separated.
+    #[arg(long = "brokers", env = env::KAFKA_BROKERS, default_value = "localhost:9092")]
+    pub brokers: String,
+    /// The single topic every event travels on.
+    #[arg(long, env = env::KAFKA_MAIN_TOPIC, default_value = MAIN_TOPIC)]
+    pub main_topic: String,
+    /// The dead-letter topic.
+    #[arg(long, env = env::EVENT_DEAD_LETTER_QUEUE_TOPIC, default_value = DLQ_TOPIC)]
+    pub dlq_topic: String,
+}
+
+/// Settings of `serve` (and `dev`): pipeline, HTTP and WebSocket.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Consumer group prefix; each instance uses `<prefix>-<instance id>` so
+    /// that every instance sees every partition.
+    #[arg(long, env = env::KAFKA_CONSUMER_GROUP_ID, default_value = "websocket-consumers")]
+    pub group_id: String,
+    /// Stable id of this gateway instance (defaults to the host name). Keep it
+    /// stable across restarts: the committed position belongs to it.
+    #[arg(long, env = env::GATEWAY_INSTANCE_ID)]
+    pub instance_id: Option<String>,
+    /// Also consume and migrate the four legacy topics.
+    #[arg(long, env = env::KAFKA_LEGACY_TOPICS_ENABLED, default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub legacy_topics: bool,
+    /// librdkafka statistics interval (lag metric, broker health).
+    #[arg(long, env = env::KAFKA_STATS_INTERVAL_MS, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub stats_interval_ms: u64,
+    /// Where a new instance (no committed position yet) starts: `latest`
+    /// serves the live feed; `earliest` replays the topic's retention.
+    #[arg(long, env = env::KAFKA_AUTO_OFFSET_RESET, default_value = "latest", value_parser = ["latest", "earliest"])]
+    pub auto_offset_reset: String,
+    /// Consume events at all; when off the gateway only serves clients.
+    #[arg(long, env = env::EVENT_PROCESSING_ENABLED, default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub processing: bool,
+    /// Validate every event against the contract before routing.
+    #[arg(long, env = env::EVENT_VALIDATION_ENABLED, default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub validation: bool,
+    /// Send records that cannot be processed to the dead-letter topic.
+    #[arg(long, env = env::EVENT_DEAD_LETTER_QUEUE_ENABLED, default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub dlq: bool,
+    /// Whether this instance writes dead letters. With several instances, let
+    /// exactly one write them (each instance sees every record, so one
+    /// writer is enough and gives one DLQ record per failure).
+    #[arg(long, env = env::DLQ_WRITER, default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub dlq_writer: bool,
+    /// Attempts of a handler on a transient error before dead-lettering.
+    #[arg(long, env = env::HANDLER_MAX_ATTEMPTS, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub handler_max_attempts: u32,
+    /// First retry delay; doubles on each attempt.
+    #[arg(long, env = env::HANDLER_RETRY_BACKOFF_MS, default_value_t = 50)]
+    pub handler_retry_backoff_ms: u64,
+    /// Append one JSON line per routed event to this file (debugging aid,
+    /// also used by the delivery tests).
+    #[arg(long, env = env::ROUTE_AUDIT_FILE)]
+    pub route_audit_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub ws: WsArgs,
+}
+
+impl ServeArgs {
+    pub fn instance_id(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(default_instance_id)
+    }
+
+    pub fn consumer_group(&self) -> String {
+        format!("{}-{}", self.group_id, self.instance_id())
+    }
+
+    pub fn handler_retry_backoff(&self) -> Duration {
+        Duration::from_millis(self.handler_retry_backoff_ms)
+    }
+}
+
+fn default_instance_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gateway".to_owned())
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Address to listen on.
+    #[arg(long, env = env::HOST, default_value = "0.0.0.0")]
+    pub host: std::net::IpAddr,
+    /// Port of HTTP and WebSocket (`/ws`); 0 picks a free port.
+    #[arg(long, env = env::PORT, default_value_t = 3008)]
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WsArgs {
+    /// HS256 secret of client JWTs. Without it, every client is anonymous.
+    #[arg(long, env = env::JWT_SECRET, hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Allowed `Origin`s of WebSocket upgrades, comma-separated; `*` allows
+    /// any. Requests without an Origin (non-browser clients) are allowed.
+    #[arg(long, env = env::ALLOWED_ORIGINS, default_value = "*", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    #[arg(long, env = env::WS_MAX_CONNECTIONS, default_value_t = 100_000)]
+    pub max_connections: usize,
+    /// Largest client frame accepted, in bytes.
+    #[arg(long, env = env::WS_MAX_FRAME_BYTES, default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(64..))]
+    pub max_frame_bytes: u32,
+    #[arg(long, env = env::WS_MAX_SUBSCRIPTIONS, default_value_t = 32)]
+    pub max_subscriptions: usize,
+    /// Client messages per second, sustained.
+    #[arg(long, env = env::WS_RATE_LIMIT_PER_SEC, default_value_t = 20)]
+    pub rate_limit_per_sec: u32,
+    /// Client messages allowed in a burst.
+    #[arg(long, env = env::WS_RATE_LIMIT_BURST, default_value_t = 40)]
+    pub rate_limit_burst: u32,
+    /// Frames queued per connection before it is dropped as a slow consumer.
+    #[arg(long, env = env::WS_QUEUE_CAPACITY, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue_capacity: u32,
+    /// Recent eventIds remembered per connection to drop redeliveries.
+    #[arg(long, env = env::WS_DEDUP_WINDOW, default_value_t = 1024)]
+    pub dedup_window: usize,
+    /// Produce user.connected / user.disconnected for authenticated users.
+    #[arg(long, env = env::WS_PRESENCE_EVENTS, default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub presence_events: bool,
+}

@@ -1,0 +1,399 @@
+//! The fan-out hub: who is connected, who subscribed to what, and the one
+//! place that decides which connection receives which event.
+//!
+//! Each event frame is serialized once and shared (reference-counted) by
+//! every recipient. Each connection has a bounded queue; a connection whose
+//! queue is full is cut off as a slow consumer instead of slowing the
+//! others or growing memory. Entitlement is checked here, on the server,
+//! for every delivery: public events to subscribers of `prices`, a user's
+//! events only to connections authenticated as that user, internal events
+//! only to admins, never after the token expired.
+
+use super::auth::Identity;
+use super::{Audience, Channel};
+use crate::pipeline::router::Route;
+use crate::telemetry::Metrics;
+use axum::extract::ws::Utf8Bytes;
+use moonx_events::{Event, EventData};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub type ConnId = u64;
+
+/// A frame on its way to one connection (the bytes are shared).
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub event_id: u128,
+    pub timestamp_ms: u64,
+    pub channel: Channel,
+    pub frame: Utf8Bytes,
+}
+
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    pub queue_capacity: usize,
+    pub max_connections: usize,
+}
+
+impl Default for HubSettings {
+    fn default() -> Self {
+        HubSettings { queue_capacity: 1024, max_connections: 100_000 }
+    }
+}
+
+/// A presence change of an authenticated user (for `user.connected` /
+/// `user.disconnected` events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    Connected { user_id: String, connection_id: String },
+    Disconnected { user_id: String, connection_id: String, duration_ms: u64, reason: String },
+}
+
+pub type PresenceSink = Arc<dyn Fn(Presence) + Send + Sync>;
+
+struct Conn {
+    tx: mpsc::Sender<Outbound>,
+    identity: Option<Identity>,
+    channels: [bool; 5],
+    kill: CancellationToken,
+    connected_at: std::time::Instant,
+}
+
+#[derive(Default)]
+struct State {
+    conns: HashMap<ConnId, Conn>,
+    /// Subscribers of `prices`, with their optional token filter (uppercase).
+    prices: HashMap<ConnId, Option<HashSet<String>>>,
+    /// Connections authenticated as each user.
+    users: HashMap<String, HashSet<ConnId>>,
+    /// Admin connections subscribed to `system`.
+    operators: HashSet<ConnId>,
+    /// The latest price frame (marked as a snapshot) per token and chain.
+    latest_prices: BTreeMap<(String, u64), Outbound>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    next_id: AtomicU64,
+    metrics: Arc<Metrics>,
+    settings: HubSettings,
+    presence: Mutex<Option<PresenceSink>>,
+}
+
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    #[error("the server has reached its connection limit")]
+    TooManyConnections,
+}
+
+/// What a new connection gets from the hub.
+pub struct Registration {
+    pub id: ConnId,
+    pub queue: mpsc::Receiver<Outbound>,
+    /// Cancelled when the hub cuts the connection off (slow consumer).
+    pub kill: CancellationToken,
+}
+
+impl Hub {
+    pub fn new(settings: HubSettings, metrics: Arc<Metrics>) -> Self {
+        Hub {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::default()),
+                next_id: AtomicU64::new(1),
+                metrics,
+                settings,
+                presence: Mutex::new(None),
+            }),
+        }
+    }
+
+    pub fn set_presence_sink(&self, sink: PresenceSink) {
+        *self.inner.presence.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere must not take delivery down with it.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    pub fn max_connections(&self) -> usize {
+        self.inner.settings.max_connections
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.state().conns.len()
+    }
+
+    pub fn register(&self) -> Result<Registration, HubError> {
+        let mut st = self.state();
+        if st.conns.len() >= self.inner.settings.max_connections {
+            return Err(HubError::TooManyConnections);
+        }
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, queue) = mpsc::channel(self.inner.settings.queue_capacity);
+        let kill = CancellationToken::new();
+        st.conns.insert(
+            id,
+            Conn { tx, identity: None, channels: [false; 5], kill: kill.clone(), connected_at: std::time::Instant::now() },
+        );
+        self.inner.metrics.connections.set(st.conns.len() as i64);
+        Ok(Registration { id, queue, kill })
+    }
+
+    pub fn unregister(&self, id: ConnId, reason: &str) {
+        let presence = {
+            let mut st = self.state();
+            let Some(conn) = st.conns.get(&id) else { return };
+            let identity = conn.identity.clone();
+            let connected_at = conn.connected_at;
+            for ch in Channel::ALL {
+                remove_subscription(&mut st, id, ch, &self.inner.metrics);
+            }
+            if let Some(ident) = &identity {
+                remove_user_index(&mut st, &ident.user_id, id);
+            }
+            st.conns.remove(&id);
+            self.inner.metrics.connections.set(st.conns.len() as i64);
+            identity.map(|i| Presence::Disconnected {
+                user_id: i.user_id,
+                connection_id: id.to_string(),
+                duration_ms: connected_at.elapsed().as_millis() as u64,
+                reason: reason.to_owned(),
+            })
+        };
+        if let Some(p) = presence {
+            self.emit_presence(p);
+        }
+    }
+
+    fn emit_presence(&self, p: Presence) {
+        let sink = self.inner.presence.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(sink) = sink {
+            sink(p);
+        }
+    }
+
+    /// Sets (or clears) who the connection is. A change of user, or losing
+    /// the identity, ends its private subscriptions; public ones stay.
+    /// Returns the private channels that were dropped.
+    pub fn set_identity(&self, id: ConnId, identity: Option<Identity>) -> Vec<Channel> {
+        let mut dropped = Vec::new();
+        let mut presence = Vec::new();
+        {
+            let mut st = self.state();
+            let Some(conn) = st.conns.get_mut(&id) else { return dropped };
+            let old = std::mem::replace(&mut conn.identity, identity.clone());
+            let same_user = old.as_ref().map(|o| &o.user_id) == identity.as_ref().map(|n| &n.user_id);
+            let still_admin = identity.as_ref().is_some_and(|i| i.admin);
+            let to_drop: Vec<Channel> = Channel::ALL
+                .into_iter()
+                .filter(|c| conn.channels[c.index()])
+                .filter(|c| match c {
+                    Channel::Prices => false,
+                    Channel::System => !still_admin,
+                    _ => !same_user || identity.is_none(),
+                })
+                .collect();
+            for ch in &to_drop {
+                remove_subscription(&mut st, id, *ch, &self.inner.metrics);
+            }
+            dropped = to_drop;
+            if !same_user {
+                if let Some(o) = &old {
+                    remove_user_index(&mut st, &o.user_id, id);
+                    presence.push(Presence::Disconnected {
+                        user_id: o.user_id.clone(),
+                        connection_id: id.to_string(),
+                        duration_ms: 0,
+                        reason: "identity changed".into(),
+                    });
+                }
+                if let Some(n) = &identity {
+                    st.users.entry(n.user_id.clone()).or_default().insert(id);
+                    presence.push(Presence::Connected { user_id: n.user_id.clone(), connection_id: id.to_string() });
+                }
+            }
+        }
+        for p in presence {
+            self.emit_presence(p);
+        }
+        dropped
+    }
+
+    /// Records a subscription (the session has checked access) and, for
+    /// `prices`, queues the latest price of each matching token first, as
+    /// snapshots. Done under the hub lock, so the live stream continues
+    /// exactly after the snapshot: no gap, no duplicate.
+    pub fn subscribe(&self, id: ConnId, channel: Channel, tokens: Option<&[String]>) -> usize {
+        let mut st = self.state();
+        let st = &mut *st;
+        let Some(conn) = st.conns.get_mut(&id) else { return 0 };
+        if !conn.channels[channel.index()] {
+            conn.channels[channel.index()] = true;
+            self.inner.metrics.subscriptions.with_label_values(&[channel.as_str()]).inc();
+        }
+        match channel {
+            Channel::Prices => {
+                let filter = tokens.map(|t| t.iter().map(|s| s.to_ascii_uppercase()).collect::<HashSet<_>>());
+                let mut queued = 0;
+                for ((token, _chain), frame) in &st.latest_prices {
+                    if filter.as_ref().is_none_or(|f| f.contains(&token.to_ascii_uppercase()))
+                        && conn.tx.try_send(frame.clone()).is_ok()
+                    {
+                        queued += 1;
+                    }
+                }
+                st.prices.insert(id, filter);
+                queued
+            }
+            Channel::System => {
+                st.operators.insert(id);
+                0
+            }
+            _ => 0,
+        }
+    }
+
+    pub fn unsubscribe(&self, id: ConnId, channel: Channel) -> bool {
+        let mut st = self.state();
+        remove_subscription(&mut st, id, channel, &self.inner.metrics)
+    }
+
+    pub fn subscription_count(&self, id: ConnId) -> usize {
+        self.state().conns.get(&id).map_or(0, |c| c.channels.iter().filter(|s| **s).count())
+    }
+
+    pub fn is_subscribed(&self, id: ConnId, channel: Channel) -> bool {
+        self.state().conns.get(&id).is_some_and(|c| c.channels[channel.index()])
+    }
+
+    /// Delivers one routed event to every entitled subscriber.
+    /// `original` is the record's bytes when they are the envelope as-is.
+    pub fn publish(&self, route: Route, event: &Event, original: Option<&[u8]>) {
+        let owned;
+        let envelope = match original {
+            Some(bytes) => bytes,
+            None => {
+                owned = event.to_json_bytes();
+                &owned
+            }
+        };
+        let out = Outbound {
+            event_id: event.metadata.event_id.as_u128(),
+            timestamp_ms: event.metadata.timestamp,
+            channel: route.channel,
+            frame: utf8(super::protocol::event_frame(route.channel, envelope, false)),
+        };
+        let price_token = match &event.data {
+            EventData::PriceUpdated(p) => Some((p.token.clone(), p.chain_id)),
+            _ => None,
+        };
+        let now_ms = moonx_events::validate::now_ms();
+        let metrics = &self.inner.metrics;
+        let mut st = self.state();
+        if let (Some(key), Audience::Everyone) = (&price_token, &route.audience) {
+            let snapshot = Outbound {
+                frame: utf8(super::protocol::event_frame(route.channel, envelope, true)),
+                ..out.clone()
+            };
+            st.latest_prices.insert(key.clone(), snapshot);
+        }
+        let st = &*st;
+        let entitled = |conn: &Conn| -> bool {
+            conn.channels[route.channel.index()]
+                && match &route.audience {
+                    Audience::Everyone => true,
+                    Audience::User(u) => conn.identity.as_ref().is_some_and(|i| &i.user_id == u && i.expires_at_ms > now_ms),
+                    Audience::Operators => conn.identity.as_ref().is_some_and(|i| i.admin && i.expires_at_ms > now_ms),
+                }
+        };
+        let mut sent = 0u64;
+        let mut offer = |id: &ConnId| {
+            let Some(conn) = st.conns.get(id) else { return };
+            if !entitled(conn) || conn.kill.is_cancelled() {
+                return;
+            }
+            match conn.tx.try_send(out.clone()) {
+                Ok(()) => sent += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    conn.kill.cancel();
+                    metrics.slow_consumer_disconnects.inc();
+                    metrics.frames_dropped.with_label_values(&["slow_consumer"]).inc();
+                    tracing::warn!(connection = id, "slow consumer: queue full, disconnecting");
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    metrics.frames_dropped.with_label_values(&["closed"]).inc();
+                }
+            }
+        };
+        match &route.audience {
+            Audience::Everyone => {
+                let token = price_token.as_ref().map(|(t, _)| t.to_ascii_uppercase());
+                for (id, filter) in &st.prices {
+                    let passes = match (filter, &token) {
+                        (None, _) => true,
+                        (Some(f), Some(t)) => f.contains(t),
+                        (Some(_), None) => true,
+                    };
+                    if passes {
+                        offer(id);
+                    }
+                }
+            }
+            Audience::User(u) => {
+                if let Some(ids) = st.users.get(u) {
+                    ids.iter().for_each(&mut offer);
+                }
+            }
+            Audience::Operators => st.operators.iter().for_each(&mut offer),
+        }
+        if sent > 0 {
+            metrics.frames_sent.with_label_values(&[route.channel.as_str()]).inc_by(sent);
+        }
+    }
+}
+
+fn utf8(bytes: Vec<u8>) -> Utf8Bytes {
+    // The frame is our own JSON around a decoded (hence UTF-8) envelope.
+    Utf8Bytes::try_from(bytes::Bytes::from(bytes)).unwrap_or_else(|_| Utf8Bytes::from("{}"))
+}
+
+fn remove_subscription(st: &mut State, id: ConnId, channel: Channel, metrics: &Metrics) -> bool {
+    let Some(conn) = st.conns.get_mut(&id) else { return false };
+    if !std::mem::take(&mut conn.channels[channel.index()]) {
+        return false;
+    }
+    metrics.subscriptions.with_label_values(&[channel.as_str()]).dec();
+    match channel {
+        Channel::Prices => {
+            st.prices.remove(&id);
+        }
+        Channel::System => {
+            st.operators.remove(&id);
+        }
+        _ => {}
+    }
+    true
+}
+
+fn remove_user_index(st: &mut State, user: &str, id: ConnId) {
+    if let Some(set) = st.users.get_mut(user) {
+        set.remove(&id);
+        if set.is_empty() {
+            st.users.remove(user);
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Protocol v1: JSON text frames (SPEC section 6).
+//!
+//! Client → server: `subscribe` (with an optional `tokens` filter on
+//! `prices`), `unsubscribe`, `auth`, `ping`; any may carry an `id` that the
+//! reply echoes. Server → client: `subscribed`, `unsubscribed`,
+//! `authenticated` (our addition: the reply to `auth`), `event`, `error`,
+//! `pong`.
+
+use super::Channel;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Stable error codes of `{"type":"error"}` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Not JSON, unknown message type, missing or mistyped field, frame too large.
+    BadRequest,
+    UnknownChannel,
+    /// A private channel without a valid token (also: the token expired).
+    Unauthorized,
+    /// A valid token without the role the channel needs.
+    Forbidden,
+    RateLimited,
+    /// The connection's queue overflowed; the server closes it.
+    SlowConsumer,
+    /// Too many subscriptions on one connection (our addition).
+    LimitExceeded,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownChannel => "unknown_channel",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::LimitExceeded => "limit_exceeded",
+        }
+    }
+}
+
+/// WebSocket close codes the server uses.
+pub mod close_code {
+    /// Server shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Persistent misbehaviour (too many errors in a row).
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// A frame above the hard size cap.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The client could not keep up (same code as Centrifugo's "slow").
+    pub const SLOW_CONSUMER: u16 = 3008;
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Subscribe { channel: String, tokens: Option<Vec<String>> },
+    Unsubscribe { channel: String },
+    Auth { token: String },
+    Ping,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientMessage {
+    pub id: Option<Value>,
+    pub request: Request,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProtocolError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub id: Option<Value>,
+}
+
+impl ProtocolError {
+    pub fn new(code: ErrorCode, message: impl Into<String>, id: Option<Value>) -> Self {
+        ProtocolError { code, message: message.into(), id }
+    }
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    #[serde(rename = "type")]
+    kind: Option<Value>,
+    id: Option<Value>,
+    channel: Option<Value>,
+    tokens: Option<Value>,
+    token: Option<Value>,
+}
+
+/// Parses one client text frame.
+pub fn parse(text: &str) -> Result<ClientMessage, ProtocolError> {
+    let raw: Raw = match serde_json::from_str::<Value>(text) {
+        Ok(v @ Value::Object(_)) => serde_json::from_value(v).map_err(|e| ProtocolError::new(ErrorCode::BadRequest, e.to_string(), None))?,
+        Ok(_) => return Err(ProtocolError::new(ErrorCode::BadRequest, "a message must be a JSON object", None)),
+        Err(e) => return Err(ProtocolError::new(ErrorCode::BadRequest, format!("not JSON: {e}"), None)),
+    };
+    let id = raw.id.filter(|v| v.is_string() || v.is_number());
+    let bad = |msg: &str| ProtocolError::new(ErrorCode::BadRequest, msg, id.clone());
+    let string_field = |v: Option<Value>, name: &str| match v {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(_) => Err(bad(&format!("\"{name}\" must be a non-empty string"))),
+        None => Err(bad(&format!("missing \"{name}\""))),
+    };
+    let kind = match raw.kind {
+        Some(Value::String(k)) => k,
+        Some(_) => return Err(bad("\"type\" must be a string")),
+        None => return Err(bad("missing \"type\"")),
+    };
+    let request = match kind.as_str() {
+        "subscribe" => {
+            let channel = string_field(raw.channel, "channel")?;
+            let tokens = match raw.tokens {
+                None | Some(Value::Null) => None,
+                Some(Value::Array(items)) => Some(
+                    items
+                        .into_iter()
+                        .map(|t| match t {
+                            Value::String(s) if !s.is_empty() => Ok(s),
+                            _ => Err(bad("\"tokens\" must be an array of non-empty strings")),
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+                Some(_) => return Err(bad("\"tokens\" must be an array of strings")),
+            };
+            Request::Subscribe { channel, tokens }
+        }
+        "unsubscribe" => Request::Unsubscribe { channel: string_field(raw.channel, "channel")? },
+        "auth" => Request::Auth { token: string_field(raw.token, "token")? },
+        "ping" => Request::Ping,
+        other => return Err(bad(&format!("unknown message type {other:?}"))),
+    };
+    Ok(ClientMessage { id, request })
+}
+
+fn with_id(mut v: Value, id: &Option<Value>) -> String {
+    if let Some(id) = id {
+        v["id"] = id.clone();
+    }
+    v.to_string()
+}
+
+pub fn subscribed(channel: Channel, tokens: Option<&[String]>, id: &Option<Value>) -> String {
+    let mut v = json!({"type": "subscribed", "channel": channel.as_str()});
+    if let Some(t) = tokens {
+        v["tokens"] = json!(t);
+    }
+    with_id(v, id)
+}
+
+pub fn unsubscribed(channel: Channel, id: &Option<Value>) -> String {
+    with_id(json!({"type": "unsubscribed", "channel": channel.as_str()}), id)
+}
+
+pub fn authenticated(user_id: &str, admin: bool, expires_at_ms: u64, id: &Option<Value>) -> String {
+    with_id(json!({"type": "authenticated", "userId": user_id, "admin": admin, "expiresAt": expires_at_ms}), id)
+}
+
+pub fn pong(id: &Option<Value>) -> String {
+    with_id(json!({"type": "pong"}), id)
+}
+
+pub fn error(code: ErrorCode, message: &str, id: &Option<Value>) -> String {
+    with_id(json!({"type": "error", "code": code.as_str(), "message": message}), id)
+}
+
+/// The event frame, built once per event and shared by every recipient:
+/// the envelope bytes are spliced in as they are.
+pub fn event_frame(channel: Channel, envelope_json: &[u8], snapshot: bool) -> Vec<u8> {
+    let head = format!(
+        "{{\"type\":\"event\",\"channel\":\"{}\",{}\"event\":",
+        channel.as_str(),
+        if snapshot { "\"snapshot\":true," } else { "" }
+    );
+    let mut out = Vec::with_capacity(head.len() + envelope_json.len() + 1);
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(envelope_json);
+    out.push(b'}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_seed_shape_and_echoes_ids() {
+        let m = parse(r#"{"type":"subscribe","channel":"prices","id":7}"#).unwrap();
+        assert_eq!(m.request, Request::Subscribe { channel: "prices".into(), tokens: None });
+        assert_eq!(pong(&m.id), r#"{"id":7,"type":"pong"}"#);
+    }
+
+    #[test]
+    fn names_what_is_wrong() {
+        let e = parse(r#"{"type":"subscribe","id":"a"}"#).unwrap_err();
+        assert_eq!((e.code, e.id), (ErrorCode::BadRequest, Some(json!("a"))));
+        assert!(e.message.contains("channel"));
+        assert_eq!(parse("nope").unwrap_err().code, ErrorCode::BadRequest);
+        assert_eq!(parse(r#"{"type":"dance"}"#).unwrap_err().code, ErrorCode::BadRequest);
+        assert_eq!(parse(r#"{"type":"subscribe","channel":"prices","tokens":[1]}"#).unwrap_err().code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn event_frames_are_valid_json() {
+        let f = event_frame(Channel::Prices, br#"{"metadata":{},"data":{}}"#, true);
+        let v: Value = serde_json::from_slice(&f).unwrap();
+        assert_eq!(v["snapshot"], true);
+        assert_eq!(v["event"]["data"], json!({}));
+    }
+}

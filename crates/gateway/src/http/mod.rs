@@ -1,0 +1,116 @@
+//! HTTP: `GET /health`, `GET /metrics` (Prometheus text) and the WebSocket
+//! upgrade at `GET /ws`, all on one port.
+
+use crate::deliver::auth::Authenticator;
+use crate::deliver::session::{self, Limits};
+use crate::deliver::Hub;
+use crate::source::kafka::ConsumerStatus;
+use crate::telemetry::Metrics;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub hub: Hub,
+    pub metrics: Arc<Metrics>,
+    pub auth: Authenticator,
+    pub limits: Limits,
+    pub allowed_origins: Arc<Vec<String>>,
+    /// `None` when processing is disabled.
+    pub consumer: Option<Arc<ConsumerStatus>>,
+    pub shutdown: CancellationToken,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/ws", get(websocket))
+        .with_state(state)
+}
+
+async fn health(State(app): State<AppState>) -> Response {
+    let connections = app.hub.connection_count();
+    let Some(c) = &app.consumer else {
+        return (StatusCode::OK, Json(json!({"status": "ok", "processing": "disabled", "connections": connections}))).into_response();
+    };
+    let connected = c.connected.load(Ordering::Relaxed);
+    let assigned = c.assigned_partitions.load(Ordering::Relaxed);
+    let dlq_failing = c.dlq.failing.load(Ordering::Relaxed);
+    let reason = if app.shutdown.is_cancelled() {
+        Some("shutting down".to_owned())
+    } else if !connected {
+        let last = c.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Some(format!("no connection to the Kafka brokers{}", last.map(|e| format!(" ({e})")).unwrap_or_default()))
+    } else if assigned == 0 {
+        Some("no partitions assigned yet".to_owned())
+    } else if dlq_failing {
+        Some("the dead-letter topic cannot be written: consumption is held".to_owned())
+    } else {
+        None
+    };
+    let body = json!({
+        "status": if reason.is_none() { "ok" } else { "unavailable" },
+        "reason": reason,
+        "processing": "enabled",
+        "consumer": {"connected": connected, "assignedPartitions": assigned},
+        "dlq": {"failing": dlq_failing},
+        "connections": connections,
+    });
+    let code = if reason.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(body)).into_response()
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render()).into_response()
+}
+
+async fn websocket(
+    ws: WebSocketUpgrade,
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        if !origin_allowed(&app.allowed_origins, origin) {
+            app.metrics.connections_rejected.with_label_values(&["origin"]).inc();
+            tracing::warn!(origin, "WebSocket upgrade refused: origin not in ALLOWED_ORIGINS");
+            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+        }
+    }
+    if app.hub.connection_count() >= app.hub.max_connections() {
+        app.metrics.connections_rejected.with_label_values(&["max_connections"]).inc();
+        return (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached").into_response();
+    }
+    let token = query.get("token").cloned().or_else(|| {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::to_owned)
+    });
+    // Small buffers: tungstenite's defaults (128 KiB each) would dominate
+    // per-connection memory. Frames above the hard cap end the connection;
+    // those between the limit and the cap get an error frame.
+    let hard_cap = (app.limits.max_frame_bytes * 4).max(64 * 1024);
+    ws.read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024)
+        .max_write_buffer_size(256 * 1024)
+        .max_message_size(hard_cap)
+        .max_frame_size(hard_cap)
+        .on_upgrade(move |socket| session::run(socket, app.hub, app.auth, app.limits, token, app.shutdown))
+}
+
+fn origin_allowed(allowed: &[String], origin: &str) -> bool {
+    allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+}

@@ -1,0 +1,27 @@
+//! Kafka plumbing shared by the CLI and the gateway: client settings, the
+//! topic layout of SPEC section 4 (`admin`), and the event producer
+//! (`producer`). The consumer lives in `source::kafka`.
+
+pub mod admin;
+pub mod producer;
+
+use rdkafka::ClientConfig;
+
+/// Settings every client of ours starts from.
+pub fn client_config(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("client.id", "moonx-ws")
+        // A broker that is briefly away must not surface as a hard error.
+        .set("reconnect.backoff.max.ms", "2000")
+        .set("socket.keepalive.enable", "true");
+    c
+}
+
+/// Header names every event carries, so that tools can filter without decoding.
+pub mod headers {
+    pub const EVENT_TYPE: &str = "eventType";
+    pub const EVENT_ID: &str = "eventId";
+    pub const CORRELATION_ID: &str = "correlationId";
+    pub const CONTENT_TYPE: &str = "content-type";
+}

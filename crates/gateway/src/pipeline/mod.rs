@@ -1,0 +1,228 @@
+//! What happens to each record: decode (and migrate legacy messages) →
+//! validate → route to the hub, or fail with a typed reason that the source
+//! turns into a dead letter.
+//!
+//! The pipeline is the same whatever the source (Kafka or the embedded bus):
+//! there is no second code path for any stage.
+
+pub mod audit;
+pub mod dead_letter;
+pub mod router;
+
+use crate::deliver::Hub;
+use crate::source::Record;
+use crate::telemetry::Metrics;
+use moonx_events::decode::{decode_event, DecodeOptions};
+use moonx_events::{DecodeError, Event, TypeRegistry, ValidationErrors};
+use router::{HandlerError, Router};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Why a record was not routed. Codes are stable: they are the DLQ reasons
+/// and the `reason` label of `events_failed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    /// A record without a value (tombstone).
+    EmptyRecord,
+    /// Not UTF-8 JSON.
+    InvalidJson,
+    /// JSON that breaks the event contract.
+    InvalidEvent,
+    /// A legacy message that cannot be migrated.
+    LegacyUnmigratable,
+    /// No handler is registered for the event type.
+    NoHandler,
+    /// The handler failed permanently, or transiently past the retry budget.
+    HandlerFailed,
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::EmptyRecord => "empty_record",
+            FailureReason::InvalidJson => "invalid_json",
+            FailureReason::InvalidEvent => "invalid_event",
+            FailureReason::LegacyUnmigratable => "legacy_unmigratable",
+            FailureReason::NoHandler => "no_handler",
+            FailureReason::HandlerFailed => "handler_failed",
+        }
+    }
+}
+
+/// A record the pipeline could not route, with everything the DLQ needs.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub reason: FailureReason,
+    pub message: String,
+    pub errors: Option<ValidationErrors>,
+    pub attempts: u32,
+    pub event_type: Option<String>,
+    pub event_id: Option<String>,
+}
+
+impl Failure {
+    fn new(reason: FailureReason, message: impl Into<String>) -> Self {
+        Failure { reason, message: message.into(), errors: None, attempts: 1, event_type: None, event_id: None }
+    }
+
+    fn for_event(mut self, event: &Event) -> Self {
+        self.event_type = Some(event.metadata.event_type.to_string());
+        self.event_id = Some(event.metadata.event_id.to_string());
+        self
+    }
+}
+
+/// The outcome of one record.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Routed to `deliveries` hub deliveries (0 is possible: a handler may
+    /// decide an event goes nowhere).
+    Routed { deliveries: usize },
+    Failed(Failure),
+}
+
+/// Settings of the processing stages.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    pub validate: bool,
+    pub handler_max_attempts: u32,
+    pub handler_retry_backoff: Duration,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions { validate: true, handler_max_attempts: 3, handler_retry_backoff: Duration::from_millis(50) }
+    }
+}
+
+pub struct Pipeline {
+    registry: TypeRegistry,
+    router: Router,
+    hub: Hub,
+    metrics: Arc<Metrics>,
+    options: PipelineOptions,
+    audit: Option<audit::AuditLog>,
+}
+
+impl Pipeline {
+    pub fn new(
+        router: Router,
+        hub: Hub,
+        metrics: Arc<Metrics>,
+        options: PipelineOptions,
+        audit: Option<audit::AuditLog>,
+    ) -> Self {
+        Pipeline { registry: router.registry().clone(), router, hub, metrics, options, audit }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Decodes, validates and routes one record.
+    pub async fn process(&self, record: &Record<'_>) -> Outcome {
+        let started = Instant::now();
+        self.metrics.events_consumed.with_label_values(&[record.topic]).inc();
+        let outcome = match self.decode(record) {
+            Ok((event, original)) => self.route(record, &event, original).await,
+            Err(failure) => Outcome::Failed(failure),
+        };
+        self.metrics.pipeline_seconds.observe(started.elapsed().as_secs_f64());
+        if let Outcome::Failed(f) = &outcome {
+            let event_type = f.event_type.as_deref().unwrap_or("unknown");
+            self.metrics.events_failed.with_label_values(&[event_type, f.reason.as_str()]).inc();
+            tracing::warn!(
+                topic = record.topic, partition = record.partition, offset = record.offset,
+                reason = f.reason.as_str(), eventType = event_type, eventId = f.event_id.as_deref(),
+                attempts = f.attempts, "record not routed: {}", f.message
+            );
+        }
+        outcome
+    }
+
+    /// The event, and whether the record's bytes are the envelope as-is (so
+    /// they can be forwarded without re-serializing).
+    fn decode(&self, record: &Record<'_>) -> Result<(Event, bool), Failure> {
+        let Some(payload) = record.payload else {
+            return Err(Failure::new(FailureReason::EmptyRecord, "the record has no value"));
+        };
+        let options = DecodeOptions { validate: self.options.validate, ..DecodeOptions::new(&self.registry).topic(record.topic) };
+        match decode_event(payload, &options) {
+            Ok(event) => {
+                let original = event.metadata.migrated_from.is_none();
+                Ok((event, original))
+            }
+            Err(e) => {
+                let reason = match &e {
+                    DecodeError::InvalidJson(_) => FailureReason::InvalidJson,
+                    DecodeError::Invalid(errs) => {
+                        for err in errs.iter() {
+                            self.metrics.validation_failures.with_label_values(&[err.code.as_str()]).inc();
+                        }
+                        FailureReason::InvalidEvent
+                    }
+                    DecodeError::Legacy(_) => FailureReason::LegacyUnmigratable,
+                };
+                let mut failure = Failure::new(reason, e.to_string());
+                failure.errors = e.validation_errors().cloned();
+                failure.event_type = peek_event_type(payload)
+                    .filter(|t| self.registry.is_known(&moonx_events::EventType::parse(t)));
+                Err(failure)
+            }
+        }
+    }
+
+    async fn route(&self, record: &Record<'_>, event: &Event, original: bool) -> Outcome {
+        let Some(handler) = self.router.handler(&event.metadata.event_type) else {
+            return Outcome::Failed(
+                Failure::new(FailureReason::NoHandler, format!("no handler for {}", event.metadata.event_type)).for_event(event),
+            );
+        };
+        let mut attempt = 1;
+        let routes = loop {
+            match handler(event).and_then(|routes| router::check_entitlement(event, routes)) {
+                Ok(routes) => break routes,
+                Err(HandlerError::Transient(msg)) if attempt < self.options.handler_max_attempts => {
+                    self.metrics.handler_retries.with_label_values(&[event.metadata.event_type.as_str()]).inc();
+                    tracing::debug!(eventId = %event.metadata.event_id, attempt, "transient handler error, retrying: {msg}");
+                    tokio::time::sleep(self.options.handler_retry_backoff * 2u32.pow(attempt - 1)).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    let mut f = Failure::new(FailureReason::HandlerFailed, e.to_string()).for_event(event);
+                    f.attempts = attempt;
+                    return Outcome::Failed(f);
+                }
+            }
+        };
+        let payload = if original { record.payload } else { None };
+        let deliveries = routes.len();
+        for route in routes {
+            if let Some(audit) = &self.audit {
+                audit.record(record, event, &route);
+            }
+            self.hub.publish(route, event, payload);
+        }
+        self.metrics.events_processed.with_label_values(&[event.metadata.event_type.as_str()]).inc();
+        tracing::debug!(
+            eventId = %event.metadata.event_id, correlationId = %event.metadata.correlation_id,
+            eventType = %event.metadata.event_type, deliveries, "routed"
+        );
+        Outcome::Routed { deliveries }
+    }
+}
+
+/// Best-effort event type of an undecodable record, for the failure label.
+fn peek_event_type(payload: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        metadata: PeekMeta,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct PeekMeta {
+        event_type: String,
+    }
+    serde_json::from_slice::<Peek>(payload).ok().map(|p| p.metadata.event_type)
+}

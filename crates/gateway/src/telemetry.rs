@@ -1,0 +1,106 @@
+//! Logs and metrics. Every notable pipeline outcome is recorded by one call
+//! that both logs and counts (as vector's internal events do), so the log
+//! and `/metrics` never disagree.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Installs the tracing subscriber: `RUST_LOG` filters, `LOG_FORMAT=json`
+/// switches to JSON lines. Logs go to stderr so that `tail` and `produce`
+/// keep stdout for their output.
+pub fn init_logging() {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn"));
+    let json = std::env::var(crate::config::env::LOG_FORMAT).is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
+}
+
+/// All the gateway's series, registered in one registry.
+pub struct Metrics {
+    pub registry: Registry,
+    pub events_consumed: IntCounterVec,
+    pub events_processed: IntCounterVec,
+    pub events_failed: IntCounterVec,
+    pub validation_failures: IntCounterVec,
+    pub dlq_writes: IntCounterVec,
+    pub dlq_write_errors: IntCounter,
+    pub handler_retries: IntCounterVec,
+    pub consumer_lag: IntGaugeVec,
+    pub consumer_assigned_partitions: IntGauge,
+    pub consumer_connected: IntGauge,
+    pub connections: IntGauge,
+    pub connections_rejected: IntCounterVec,
+    pub subscriptions: IntGaugeVec,
+    pub frames_sent: IntCounterVec,
+    pub frames_dropped: IntCounterVec,
+    pub duplicates_suppressed: IntCounter,
+    pub slow_consumer_disconnects: IntCounter,
+    pub client_errors: IntCounterVec,
+    pub end_to_end_latency: HistogramVec,
+    pub pipeline_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("moonx_ws".into()), None).expect("valid prefix");
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("valid metric");
+                registry.register(Box::new(m.clone())).expect("unique metric");
+                m
+            }};
+        }
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| IntCounterVec::new(Opts::new(name, help), labels);
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| IntGaugeVec::new(Opts::new(name, help), labels);
+        let latency_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        Metrics {
+            events_consumed: reg!(counter_vec("events_consumed_total", "Records taken from Kafka (or the embedded bus), by topic.", &["topic"])),
+            events_processed: reg!(counter_vec("events_processed_total", "Events routed to the WebSocket hub, by event type.", &["event_type"])),
+            events_failed: reg!(counter_vec("events_failed_total", "Records that could not be routed, by event type (\"unknown\" when undecodable) and reason.", &["event_type", "reason"])),
+            validation_failures: reg!(counter_vec("validation_failures_total", "Validation errors, by error code.", &["code"])),
+            dlq_writes: reg!(counter_vec("dlq_writes_total", "Records written to the dead-letter topic, by reason.", &["reason"])),
+            dlq_write_errors: reg!(IntCounter::new("dlq_write_errors_total", "Failed attempts to write a dead letter (the offset is held back).")),
+            handler_retries: reg!(counter_vec("handler_retries_total", "Handler retries after a transient error, by event type.", &["event_type"])),
+            consumer_lag: reg!(gauge_vec("consumer_lag", "Messages behind the high watermark, by topic and partition.", &["topic", "partition"])),
+            consumer_assigned_partitions: reg!(IntGauge::new("consumer_assigned_partitions", "Partitions currently assigned to this instance.")),
+            consumer_connected: reg!(IntGauge::new("consumer_connected", "1 when at least one broker connection is up.")),
+            connections: reg!(IntGauge::new("connections", "Open WebSocket connections.")),
+            connections_rejected: reg!(counter_vec("connections_rejected_total", "Refused WebSocket upgrades, by reason.", &["reason"])),
+            subscriptions: reg!(gauge_vec("subscriptions", "Active subscriptions, by channel.", &["channel"])),
+            frames_sent: reg!(counter_vec("frames_sent_total", "Event frames queued to clients, by channel.", &["channel"])),
+            frames_dropped: reg!(counter_vec("frames_dropped_total", "Event frames not delivered, by reason.", &["reason"])),
+            duplicates_suppressed: reg!(IntCounter::new("duplicates_suppressed_total", "Redelivered events dropped per connection by eventId.")),
+            slow_consumer_disconnects: reg!(IntCounter::new("slow_consumer_disconnects_total", "Clients closed because their queue overflowed.")),
+            client_errors: reg!(counter_vec("client_errors_total", "Error frames sent to clients, by code.", &["code"])),
+            end_to_end_latency: reg!(HistogramVec::new(
+                HistogramOpts::new("end_to_end_latency_seconds", "Event timestamp to frame written, by channel.").buckets(latency_buckets.clone()),
+                &["channel"]
+            )),
+            pipeline_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new("pipeline_seconds", "Time to decode, validate and route one record.")
+                    .buckets(vec![0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.1, 1.0])
+            )),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("exposition is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
