@@ -1,0 +1,331 @@
+//! Test support: a real broker (started by `scripts/kafka`, address in
+//! `KAFKA_BROKERS`), isolated topics per test, the real `moonx-ws` binary
+//! started as a process on a free port, and real WebSocket / HTTP clients.
+#![allow(dead_code)]
+
+use moonx_ws::kafka::admin::{topic_layout, Admin, TopicSpec};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A main topic and DLQ of the layout, under unique names.
+pub struct Topics {
+    pub main: String,
+    pub dlq: String,
+}
+
+pub async fn create_topics(prefix: &str) -> Topics {
+    let main = unique(&format!("test.{prefix}"));
+    let dlq = format!("{main}.dlq");
+    let admin = Admin::connect(&brokers(), Duration::from_secs(30)).expect("admin client");
+    let specs: Vec<TopicSpec> = topic_layout(&main, &dlq).into_iter().take(2).collect();
+    admin
+        .apply_layout(&specs, 1, false)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create topics on {} (is `scripts/kafka start` running?): {e}", brokers()));
+    Topics { main, dlq }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_moonx-ws")
+}
+
+/// Runs the binary with arguments and environment; returns (status, stdout, stderr).
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .env("KAFKA_BROKERS", brokers())
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run moonx-ws");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// A `moonx-ws serve` process.
+pub struct Gateway {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub log: PathBuf,
+    pub audit: PathBuf,
+    env: Vec<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+pub struct GatewayConfig<'a> {
+    pub topics: &'a Topics,
+    pub group: String,
+    pub instance: String,
+    pub extra_env: Vec<(&'a str, String)>,
+}
+
+impl<'a> GatewayConfig<'a> {
+    pub fn new(topics: &'a Topics) -> Self {
+        GatewayConfig { topics, group: unique("it"), instance: "a".into(), extra_env: vec![] }
+    }
+}
+
+pub const JWT_SECRET: &str = "test-secret-please-change";
+
+impl Gateway {
+    pub fn start(cfg: GatewayConfig<'_>) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let audit = dir.path().join("routes.jsonl");
+        let log = dir.path().join("gateway.log");
+        let mut env: Vec<(String, String)> = vec![
+            ("KAFKA_BROKERS".into(), brokers()),
+            ("KAFKA_MAIN_TOPIC".into(), cfg.topics.main.clone()),
+            ("EVENT_DEAD_LETTER_QUEUE_TOPIC".into(), cfg.topics.dlq.clone()),
+            ("KAFKA_CONSUMER_GROUP_ID".into(), cfg.group.clone()),
+            ("GATEWAY_INSTANCE_ID".into(), cfg.instance.clone()),
+            ("KAFKA_AUTO_OFFSET_RESET".into(), "earliest".into()),
+            ("HOST".into(), "127.0.0.1".into()),
+            ("PORT".into(), port.to_string()),
+            ("ROUTE_AUDIT_FILE".into(), audit.display().to_string()),
+            ("JWT_SECRET".into(), JWT_SECRET.into()),
+            ("RUST_LOG".into(), "info,rdkafka=warn".into()),
+        ];
+        for (k, v) in cfg.extra_env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.into(), v));
+        }
+        let mut g = Gateway { child: None, port, log, audit, env, _dir: dir };
+        g.spawn();
+        g
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(bin())
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn moonx-ws serve");
+        self.child = Some(child);
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `/health` answers 200 (consumer connected and assigned).
+    pub async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((200, _)) = http_get(&format!("{}/health", self.base())).await {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("gateway not healthy after 60 s; log:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and the exit status once it stopped.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("gateway ignored SIGTERM for 30 s; log:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// The eventIds in the route audit log, with how often each was routed.
+    pub fn routed(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for line in std::fs::read_to_string(&self.audit).unwrap_or_default().lines() {
+            if let Ok(v) = serde_json::from_str::<Value>(line) {
+                *counts.entry(v["eventId"].as_str().unwrap_or_default().to_owned()).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    pub async fn metrics(&self) -> String {
+        http_get(&format!("{}/metrics", self.base())).await.expect("metrics").1
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- gateway log ({}) ----\n{}", self.log.display(), self.logs());
+        }
+    }
+}
+
+pub async fn http_get(url: &str) -> Result<(u16, String), reqwest::Error> {
+    let r = reqwest::Client::new().get(url).timeout(Duration::from_secs(5)).send().await?;
+    let status = r.status().as_u16();
+    Ok((status, r.text().await?))
+}
+
+/// Polls until `check` passes or the time is up, then asserts it.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(()) => return,
+            Err(why) if Instant::now() > deadline => panic!("{what}: not true after {timeout:?}: {why}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// The value of a Prometheus series (summed over series that match all `labels`).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub fn producer() -> FutureProducer {
+    moonx_ws::kafka::producer::create_producer(&brokers()).unwrap()
+}
+
+/// Sends raw bytes (valid or not) to a topic.
+pub async fn send_raw(p: &FutureProducer, topic: &str, key: Option<&str>, payload: &[u8]) -> (i32, i64) {
+    let mut rec = FutureRecord::<str, [u8]>::to(topic).payload(payload);
+    if let Some(k) = key {
+        rec = rec.key(k);
+    }
+    let d = p.send(rec, Duration::from_secs(30)).await.map_err(|(e, _)| e).expect("produce");
+    (d.partition, d.offset)
+}
+
+/// Reads every record of a topic from the beginning until `count` were read
+/// or `timeout` passed.
+pub async fn read_topic(topic: &str, count: usize, timeout: Duration) -> Vec<(i32, i64, Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>)> {
+    use rdkafka::message::Headers;
+    let consumer: StreamConsumer = moonx_ws::kafka::client_config(&brokers())
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while out.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())).collect())
+                    .unwrap_or_default();
+                out.push((m.partition(), m.offset(), m.key().map(<[u8]>::to_vec), m.payload().unwrap_or_default().to_vec(), headers));
+            }
+            Ok(Err(e)) => eprintln!("read_topic: {e}"),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Valid data for each built-in type (`n` makes ids unique).
+pub fn sample_data(event_type: &str, user: &str, n: usize) -> Value {
+    use serde_json::json;
+    let token = ["ETH", "BTC", "USDT", "SOL"][n % 4];
+    match event_type {
+        "price.updated" => json!({"token": token, "chainId": 1 + (n % 3) as u64, "price": format!("{}.{:02}", 3000 + n, n % 100),
+            "priceUsd": format!("{}.00", 3000 + n), "change24h": "-0.05", "volume24h": "1000000"}),
+        "order.created" => json!({"orderId": format!("order-{n}"), "userId": user, "tokenIn": "ETH", "tokenOut": "USDT",
+            "amountIn": "1.5", "amountOutExpected": "4500.00", "chainId": 1, "orderType": "limit", "status": "pending", "limitPrice": "3000"}),
+        "order.updated" => json!({"orderId": format!("order-{n}"), "userId": user, "status": "partially_filled", "previousStatus": "open", "filledAmount": "0.5"}),
+        "order.cancelled" => json!({"orderId": format!("order-{n}"), "userId": user, "reason": "user request", "cancelledBy": "user"}),
+        "portfolio.updated" => json!({"userId": user, "totalValueUsd": "12345.67", "change24h": "0.01",
+            "holdings": [{"token": "ETH", "chainId": 1, "balance": "2.5", "valueUsd": "7500.00"}]}),
+        "trade.executed" => json!({"tradeId": format!("trade-{n}"), "orderId": format!("order-{n}"), "userId": user, "tokenIn": "ETH", "tokenOut": "USDT",
+            "amountIn": "1", "amountOut": "2999.5", "price": "2999.5", "chainId": 1, "txHash": format!("0x{n:064x}"), "fee": "0.3"}),
+        "trade.failed" => json!({"orderId": format!("order-{n}"), "userId": user, "tokenIn": "ETH", "tokenOut": "USDT", "amountIn": "1",
+            "chainId": 1, "reason": "slippage exceeded", "errorCode": "SLIPPAGE"}),
+        "user.connected" => json!({"userId": user, "connectionId": format!("c-{n}"), "instanceId": "test"}),
+        "user.disconnected" => json!({"userId": user, "connectionId": format!("c-{n}"), "instanceId": "test", "reason": "client closed", "durationMs": 1234}),
+        "system.health_check" => json!({"service": "price-service", "status": "healthy", "uptimeSeconds": 3600 + n, "details": {"lagMs": 3}}),
+        "system.error" => json!({"service": "order-service", "errorCode": "DB_TIMEOUT", "message": format!("query {n} timed out"), "severity": "error"}),
+        other => panic!("no sample for {other}"),
+    }
+}
+
+pub const ALL_TYPES: [&str; 11] = [
+    "price.updated", "order.created", "order.updated", "order.cancelled", "portfolio.updated",
+    "trade.executed", "trade.failed", "user.connected", "user.disconnected", "system.health_check", "system.error",
+];
+
+/// Builds a valid event with the factory.
+pub fn sample_event(event_type: &str, user: &str, n: usize) -> moonx_events::Event {
+    moonx_events::EventFactory::new("it")
+        .create_from_json(
+            &moonx_events::EventType::parse(event_type),
+            sample_data(event_type, user, n),
+            moonx_events::EventOptions { user_id: user_scoped(event_type).then(|| user.to_owned()), ..Default::default() },
+        )
+        .unwrap_or_else(|e| panic!("sample {event_type} invalid: {e}"))
+}
+
+pub fn user_scoped(event_type: &str) -> bool {
+    !event_type.starts_with("price.") && !event_type.starts_with("system.")
+}

@@ -1,0 +1,180 @@
+//! The foundation against the real broker: create-topics (idempotent,
+//! drift), produce → consume round trips of every type, and per-user
+//! partitioning and order.
+
+mod common;
+
+use common::*;
+use moonx_events::decode::{decode_event, DecodeOptions};
+use moonx_events::TypeRegistry;
+use moonx_ws::kafka::admin::{topic_layout, Admin};
+use std::collections::HashMap;
+use std::time::Duration;
+
+#[tokio::test]
+async fn create_topics_is_idempotent_and_configs_read_back_as_specified() {
+    let main = unique("test.layout");
+    let dlq = format!("{main}.dlq");
+    let env = [("KAFKA_MAIN_TOPIC", main.as_str()), ("EVENT_DEAD_LETTER_QUEUE_TOPIC", dlq.as_str())];
+
+    let (ok, first, err) = run_cli(&["create-topics"], &env);
+    assert!(ok, "first create-topics failed: {err}");
+    assert!(first.contains(&format!("created   {main} (partitions=6)")), "{first}");
+    assert!(first.contains(&format!("created   {dlq} (partitions=2)")), "{first}");
+
+    let (ok, second, err) = run_cli(&["create-topics", "--fail-on-drift"], &env);
+    assert!(ok, "second create-topics failed: {err}");
+    assert!(!second.contains("created"), "second run created something: {second}");
+    assert_eq!(second.lines().filter(|l| l.contains("(matches the layout)")).count(), 6, "{second}");
+
+    let admin = Admin::connect(&brokers(), Duration::from_secs(30)).unwrap();
+    let existing = admin.existing_topics().unwrap();
+    for spec in topic_layout(&main, &dlq) {
+        assert_eq!(existing.get(&spec.name), Some(&spec.partitions), "partitions of {}", spec.name);
+        let configs = admin.topic_configs(&spec.name).await.unwrap();
+        for (k, v) in &spec.configs {
+            assert_eq!(configs.get(*k).map(String::as_str), Some(*v), "{}: {k}", spec.name);
+        }
+    }
+    // The exact values of SPEC section 4, independently of topic_layout.
+    let main_cfg = admin.topic_configs(&main).await.unwrap();
+    for (k, v) in [("cleanup.policy", "delete"), ("retention.ms", "604800000"), ("compression.type", "gzip"), ("max.message.bytes", "1000000")] {
+        assert_eq!(main_cfg[k], v, "{k}");
+    }
+    assert_eq!(admin.topic_configs(&dlq).await.unwrap()["retention.ms"], "2592000000");
+    assert_eq!(existing[&main], 6);
+    assert_eq!(existing[&dlq], 2);
+}
+
+#[tokio::test]
+async fn create_topics_reports_and_fixes_drift() {
+    let main = unique("test.drift");
+    let dlq = format!("{main}.dlq");
+    let env = [("KAFKA_MAIN_TOPIC", main.as_str()), ("EVENT_DEAD_LETTER_QUEUE_TOPIC", dlq.as_str())];
+    assert!(run_cli(&["create-topics"], &env).0);
+    // Someone changes the DLQ retention by hand.
+    let (ok, _, err) = run_cli(&["create-topics"], &env);
+    assert!(ok, "{err}");
+    let admin = Admin::connect(&brokers(), Duration::from_secs(30)).unwrap();
+    let alter = rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(&dlq)).set("retention.ms", "1000");
+    rdkafka::admin::AdminClient::<rdkafka::client::DefaultClientContext>::alter_configs(
+        &moonx_ws::kafka::client_config(&brokers()).create().unwrap(),
+        &[alter],
+        &rdkafka::admin::AdminOptions::new(),
+    )
+    .await
+    .unwrap();
+    let (ok, out, _) = run_cli(&["create-topics", "--fail-on-drift"], &env);
+    assert!(!ok, "drift must fail with --fail-on-drift");
+    assert!(out.contains(&format!("DRIFT      {dlq}: retention.ms is 1000 (expected 2592000000)")), "{out}");
+    let (ok, out, err) = run_cli(&["create-topics", "--fix-drift"], &env);
+    assert!(ok, "{err}");
+    assert!(out.contains("fixed"), "{out}");
+    assert_eq!(admin.topic_configs(&dlq).await.unwrap()["retention.ms"], "2592000000");
+}
+
+#[tokio::test]
+async fn every_type_round_trips_with_its_metadata_intact() {
+    let topics = create_topics("roundtrip").await;
+    let producer = producer();
+    let mut sent = HashMap::new();
+    for (n, t) in ALL_TYPES.iter().enumerate() {
+        let event = sample_event(t, "user-rt", n);
+        let d = moonx_ws::kafka::producer::send_event(&producer, &topics.main, &event).await.unwrap();
+        sent.insert(event.metadata.event_id, (event, d));
+    }
+    let records = read_topic(&topics.main, ALL_TYPES.len(), Duration::from_secs(30)).await;
+    assert_eq!(records.len(), ALL_TYPES.len());
+    let registry = TypeRegistry::new();
+    for (partition, offset, key, payload, headers) in records {
+        let event = decode_event(&payload, &DecodeOptions::new(&registry)).expect("valid on the way back");
+        let (original, delivered) = &sent[&event.metadata.event_id];
+        assert_eq!(&event, original, "the whole event, metadata included, survives the trip");
+        assert_eq!((partition, offset), (delivered.partition, delivered.offset));
+        assert_eq!(key.as_deref(), Some(original.metadata.partition.as_bytes()), "keyed by partition key");
+        let h: HashMap<_, _> = headers.into_iter().collect();
+        assert_eq!(h["eventType"], original.metadata.event_type.as_str().as_bytes());
+        assert_eq!(h["eventId"], original.metadata.event_id.to_string().as_bytes());
+    }
+}
+
+#[tokio::test]
+async fn the_cli_produces_what_tail_shows() {
+    let topics = create_topics("cli").await;
+    let env = [("KAFKA_MAIN_TOPIC", topics.main.as_str())];
+    let data = r#"{"token":"ETH","chainId":1,"price":"3000.00","priceUsd":"3000.00","change24h":"0.05","volume24h":"1000000"}"#;
+    let (ok, out, err) = run_cli(&["produce", "price.updated", data, "--correlation-id", "corr-1", "--json"], &env);
+    assert!(ok, "{err}");
+    let produced: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(produced["key"], "prices");
+
+    // Invalid input is refused with its errors, and nothing is sent.
+    let (ok, _, err) = run_cli(&["produce", "order.created", r#"{"orderId":"o1"}"#, "--classification", "public"], &env);
+    assert!(!ok);
+    assert!(err.contains("/metadata/dataClassification [classification_downgrade]"), "{err}");
+    assert!(err.contains("/data/amountIn [required]"), "{err}");
+
+    // A garbage record is shown as invalid, not crashed on.
+    send_raw(&producer(), &topics.main, None, b"\xff\xfe not json").await;
+
+    let (ok, out, err) = run_cli(&["tail", "--from-beginning", "--json", "--max", "2", "--idle-exit-secs", "20"], &env);
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    let valid = lines.iter().find(|l| l["valid"] == true).expect("the event");
+    let m = &valid["event"]["metadata"];
+    assert_eq!(m["eventId"], produced["eventId"]);
+    assert_eq!(m["correlationId"], "corr-1");
+    assert_eq!(m["dataClassification"], "public");
+    assert_eq!(m["partition"], "prices");
+    assert_eq!(valid["event"]["data"]["price"], "3000.00");
+    let invalid = lines.iter().find(|l| l["valid"] == false).expect("the garbage");
+    assert_eq!(invalid["error"]["code"], "invalid_json");
+
+    // Filters.
+    let (ok, out, _) = run_cli(&["tail", "--from-beginning", "--json", "--type", "order.created", "--idle-exit-secs", "3"], &env);
+    assert!(ok);
+    assert_eq!(out.trim(), "", "no order events were produced");
+}
+
+#[tokio::test]
+async fn a_users_events_share_one_partition_in_order() {
+    let topics = create_topics("order").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    // Every one of these carries orderId "order-<n>": n is the production order.
+    let types = ["order.created", "order.updated", "trade.executed", "trade.failed", "order.cancelled"];
+    let mut lines = Vec::new();
+    for n in 0..60 {
+        let user = format!("user-{}", n % 3);
+        let t = types[n % types.len()];
+        let data = sample_data(t, &user, n);
+        lines.push(serde_json::json!({"type": t, "data": data}).to_string());
+    }
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let (ok, _, err) = run_cli(&["produce", "--file", file.to_str().unwrap()], &[("KAFKA_MAIN_TOPIC", topics.main.as_str())]);
+    assert!(ok, "{err}");
+
+    let records = read_topic(&topics.main, 60, Duration::from_secs(30)).await;
+    assert_eq!(records.len(), 60);
+    let registry = TypeRegistry::new();
+    let mut by_user: HashMap<String, Vec<(i32, i64, u64)>> = HashMap::new();
+    for (p, o, _, payload, _) in &records {
+        let raw: serde_json::Value = serde_json::from_slice(payload).unwrap();
+        let e = decode_event(payload, &DecodeOptions::new(&registry)).unwrap();
+        let user = e.metadata.user_id.clone().unwrap();
+        assert_eq!(e.metadata.partition, user);
+        by_user.entry(user).or_default().push((*p, *o, raw["data"]["orderId"].as_str().unwrap().trim_start_matches("order-").parse::<u64>().unwrap()));
+    }
+    assert_eq!(by_user.len(), 3);
+    for (user, mut recs) in by_user {
+        let partitions: std::collections::HashSet<i32> = recs.iter().map(|r| r.0).collect();
+        assert_eq!(partitions.len(), 1, "{user} spread over {partitions:?}");
+        recs.sort_by_key(|r| r.1);
+        let seqs: Vec<u64> = recs.iter().map(|r| r.2).collect();
+        let mut sorted = seqs.clone();
+        sorted.sort();
+        assert_eq!(seqs, sorted, "{user}'s events out of order in the partition");
+        assert_eq!(seqs.len(), 20);
+    }
+}
