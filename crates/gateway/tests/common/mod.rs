@@ -28,14 +28,18 @@ pub struct Topics {
 }
 
 pub async fn create_topics(prefix: &str) -> Topics {
+    create_topics_on(&brokers(), prefix).await
+}
+
+pub async fn create_topics_on(brokers: &str, prefix: &str) -> Topics {
     let main = unique(&format!("test.{prefix}"));
     let dlq = format!("{main}.dlq");
-    let admin = Admin::connect(&brokers(), Duration::from_secs(30)).expect("admin client");
+    let admin = Admin::connect(brokers, Duration::from_secs(30)).expect("admin client");
     let specs: Vec<TopicSpec> = topic_layout(&main, &dlq).into_iter().take(2).collect();
     admin
         .apply_layout(&specs, 1, false)
         .await
-        .unwrap_or_else(|e| panic!("cannot create topics on {} (is `scripts/kafka start` running?): {e}", brokers()));
+        .unwrap_or_else(|e| panic!("cannot create topics on {brokers} (is `scripts/kafka start` running?): {e}"));
     Topics { main, dlq }
 }
 
@@ -176,6 +180,12 @@ impl Gateway {
         }
     }
 
+    /// Changes a variable for the next (re)start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
+    }
+
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
@@ -239,7 +249,11 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 pub fn producer() -> FutureProducer {
-    moonx_ws::kafka::producer::create_producer(&brokers()).unwrap()
+    producer_on(&brokers())
+}
+
+pub fn producer_on(brokers: &str) -> FutureProducer {
+    moonx_ws::kafka::producer::create_producer(brokers).unwrap()
 }
 
 /// Sends raw bytes (valid or not) to a topic.
@@ -254,9 +268,15 @@ pub async fn send_raw(p: &FutureProducer, topic: &str, key: Option<&str>, payloa
 
 /// Reads every record of a topic from the beginning until `count` were read
 /// or `timeout` passed.
-pub async fn read_topic(topic: &str, count: usize, timeout: Duration) -> Vec<(i32, i64, Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>)> {
+pub type RawRecord = (i32, i64, Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>);
+
+pub async fn read_topic(topic: &str, count: usize, timeout: Duration) -> Vec<RawRecord> {
+    read_topic_on(&brokers(), topic, count, timeout).await
+}
+
+pub async fn read_topic_on(brokers: &str, topic: &str, count: usize, timeout: Duration) -> Vec<RawRecord> {
     use rdkafka::message::Headers;
-    let consumer: StreamConsumer = moonx_ws::kafka::client_config(&brokers())
+    let consumer: StreamConsumer = moonx_ws::kafka::client_config(brokers)
         .set("group.id", unique("reader"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -328,4 +348,42 @@ pub fn sample_event(event_type: &str, user: &str, n: usize) -> moonx_events::Eve
 
 pub fn user_scoped(event_type: &str) -> bool {
     !event_type.starts_with("price.") && !event_type.starts_with("system.")
+}
+
+/// A second broker of our own (scripts/kafka on another port), stopped on drop.
+pub struct ExtraBroker {
+    pub port: u16,
+}
+
+impl ExtraBroker {
+    pub fn script() -> String {
+        format!("{}/../../scripts/kafka", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    pub fn start(port: u16) -> ExtraBroker {
+        let b = ExtraBroker { port };
+        b.run("start");
+        b
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn run(&self, cmd: &str) {
+        let status = Command::new("bash")
+            .arg(Self::script())
+            .arg(cmd)
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_CONTROLLER_PORT", (self.port + 1).to_string())
+            .status()
+            .expect("scripts/kafka");
+        assert!(status.success(), "scripts/kafka {cmd} on port {} failed", self.port);
+    }
+}
+
+impl Drop for ExtraBroker {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(Self::script()).arg("stop").env("KAFKA_PORT", self.port.to_string()).status();
+    }
 }
