@@ -180,6 +180,10 @@ pub async fn run(
             // Happens when the partition was revoked meanwhile; its new owner will redo it.
             tracing::warn!(partition = record.partition, offset = record.offset, "offset not stored: {e}");
         }
+        drop(message);
+        // librdkafka's queue is not a tokio resource, so a backlog would never
+        // make this loop yield: give the sessions writing frames their turn.
+        tokio::task::consume_budget().await;
     }
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => tracing::info!("offsets committed on shutdown"),

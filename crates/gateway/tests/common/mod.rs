@@ -3,6 +3,8 @@
 //! started as a process on a free port, and real WebSocket / HTTP clients.
 #![allow(dead_code)]
 
+pub mod ws;
+
 use moonx_ws::kafka::admin::{topic_layout, Admin, TopicSpec};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
