@@ -85,12 +85,10 @@ impl Gateway {
             let settings = ConsumerSettings {
                 brokers: args.kafka.brokers.clone(),
                 group_id: args.consumer_group(),
-                instance_id: instance.clone(),
                 topics,
                 stats_interval_ms: args.stats_interval_ms,
                 auto_offset_reset: args.auto_offset_reset.clone(),
             };
-            let consumer = kafka::create_consumer(&settings, metrics.clone(), status.clone())?;
             let dead_letters = if args.dlq && args.dlq_writer {
                 DeadLetterWriter::Kafka {
                     producer: crate::kafka::producer::create_producer(&args.kafka.brokers)?,
@@ -114,7 +112,7 @@ impl Gateway {
                 group = %settings.group_id, topics = ?settings.topics, brokers = %settings.brokers,
                 validation = args.validation, dlq = args.dlq, dlq_writer = args.dlq_writer, "consuming"
             );
-            tasks.spawn(kafka::run(consumer, pipeline, dead_letters, status.clone(), instance.clone(), shutdown.clone()));
+            tasks.spawn(kafka::run(settings, pipeline, dead_letters, status.clone(), instance.clone(), shutdown.clone()));
             Some(status)
         } else {
             tracing::info!("EVENT_PROCESSING_ENABLED=false: serving clients only, consuming nothing");

@@ -21,12 +21,14 @@
 //! (per-connection de-duplication in `deliver`).
 //!
 //! Each instance has its own consumer group (`<KAFKA_CONSUMER_GROUP_ID>-<instance id>`),
-//! so every instance sees every partition, and static membership
-//! (`group.instance.id`) so a restarted instance gets its partitions back at
-//! once instead of waiting for the old session to time out.
+//! so every instance sees every partition. (Static membership was tried and
+//! dropped: after a broker outage longer than the session timeout, the
+//! rejoined member's commit is fenced, which is fatal in librdkafka.)
 //!
 //! If the broker is unreachable, librdkafka keeps reconnecting; the gateway
-//! stays up with a 503 `/health` until the broker answers.
+//! stays up with a 503 `/health` until the broker answers. Should the
+//! consumer still hit a fatal error, it is closed and a new one created;
+//! its uncommitted records are then consumed again.
 
 use crate::pipeline::dead_letter::{DeadLetter, DeadLetterWriter, DlqHealth};
 use crate::pipeline::{Outcome, Pipeline};
@@ -112,7 +114,6 @@ pub type GatewayConsumer = StreamConsumer<GatewayContext>;
 pub struct ConsumerSettings {
     pub brokers: String,
     pub group_id: String,
-    pub instance_id: String,
     pub topics: Vec<String>,
     pub stats_interval_ms: u64,
     /// Where a new group starts: `latest` (live feed) or `earliest`.
@@ -126,7 +127,6 @@ pub fn create_consumer(
 ) -> anyhow::Result<GatewayConsumer> {
     let consumer: GatewayConsumer = crate::kafka::client_config(&settings.brokers)
         .set("group.id", &settings.group_id)
-        .set("group.instance.id", &settings.instance_id)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
@@ -140,9 +140,10 @@ pub fn create_consumer(
     Ok(consumer)
 }
 
-/// Consumes until `shutdown`, then commits what was processed.
+/// Consumes until `shutdown`, then commits what was processed. A consumer
+/// that hits a fatal error is replaced by a new one.
 pub async fn run(
-    consumer: GatewayConsumer,
+    settings: ConsumerSettings,
     pipeline: Arc<Pipeline>,
     dead_letters: DeadLetterWriter,
     status: Arc<ConsumerStatus>,
@@ -150,14 +151,50 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let metrics = pipeline.metrics().clone();
+    while !shutdown.is_cancelled() {
+        let consumer = match create_consumer(&settings, metrics.clone(), status.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("cannot create the Kafka consumer: {e}");
+                tokio::select! { _ = shutdown.cancelled() => break, _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => continue }
+            }
+        };
+        consume(&consumer, &pipeline, &dead_letters, &status, &instance, &shutdown).await;
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {
+                if shutdown.is_cancelled() {
+                    tracing::info!("offsets committed on shutdown")
+                }
+            }
+            Err(e) => tracing::warn!("final commit failed: {e}"),
+        }
+        status.assigned_partitions.store(0, Ordering::Relaxed);
+        metrics.consumer_assigned_partitions.set(0);
+    }
+}
+
+/// The consume loop of one consumer; returns on shutdown or a fatal error.
+async fn consume(
+    consumer: &GatewayConsumer,
+    pipeline: &Pipeline,
+    dead_letters: &DeadLetterWriter,
+    status: &ConsumerStatus,
+    instance: &str,
+    shutdown: &CancellationToken,
+) {
+    let metrics = pipeline.metrics();
     loop {
         let message = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => return,
             m = consumer.recv() => m,
         };
         let message = match message {
             Ok(m) => m,
             Err(e) => {
+                if let Some(fatal) = consumer.client().fatal_error() {
+                    tracing::error!("fatal consumer error, recreating the consumer: {fatal:?}");
+                    return;
+                }
                 tracing::warn!("consumer error: {e}");
                 continue;
             }
@@ -171,9 +208,9 @@ pub async fn run(
             timestamp_ms: message.timestamp().to_millis(),
         };
         if let Outcome::Failed(failure) = pipeline.process(&record).await {
-            let letter = DeadLetter::new(&record, headers_of(&message), failure, &instance);
-            if !dead_letters.write(&letter, &metrics, &status.dlq, &shutdown).await {
-                break; // shutting down with the dead letter unwritten: keep the offset unstored
+            let letter = DeadLetter::new(&record, headers_of(&message), failure, instance);
+            if !dead_letters.write(&letter, metrics, &status.dlq, shutdown).await {
+                return; // shutting down with the dead letter unwritten: keep the offset unstored
             }
         }
         if let Err(e) = consumer.store_offset_from_message(&message) {
@@ -184,10 +221,6 @@ pub async fn run(
         // librdkafka's queue is not a tokio resource, so a backlog would never
         // make this loop yield: give the sessions writing frames their turn.
         tokio::task::consume_budget().await;
-    }
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => tracing::info!("offsets committed on shutdown"),
-        Err(e) => tracing::warn!("commit on shutdown failed: {e}"),
     }
 }
 
