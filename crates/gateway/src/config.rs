@@ -36,6 +36,7 @@ pub mod env {
     pub const WS_DEDUP_WINDOW: &str = "WS_DEDUP_WINDOW";
     pub const WS_PRESENCE_EVENTS: &str = "WS_PRESENCE_EVENTS";
     pub const LOG_FORMAT: &str = "LOG_FORMAT";
+    pub const PUBLISH_API_KEYS: &str = "PUBLISH_API_KEYS";
 }
 
 /// Where Kafka is.
@@ -52,11 +53,47 @@ pub struct KafkaArgs {
     pub dlq_topic: String,
 }
 
-/// Settings of `serve` (and `dev`): pipeline, HTTP and WebSocket.
+/// Settings of `serve`: the Kafka source plus everything `dev` has.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub ws: WsArgs,
+    #[command(flatten)]
+    pub publish: PublishArgs,
+}
+
+/// Settings of `dev`: the embedded bus instead of Kafka.
+#[derive(Debug, Clone, Args)]
+pub struct DevArgs {
+    /// Feed realistic price updates, plus orders and trades of a demo user.
+    #[arg(long)]
+    pub demo: bool,
+    /// Demo price updates per second.
+    #[arg(long, default_value_t = 5, requires = "demo")]
+    pub demo_rate: u32,
+    #[arg(long, env = env::GATEWAY_INSTANCE_ID, default_value = "dev")]
+    pub instance_id: String,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub ws: WsArgs,
+    #[command(flatten)]
+    pub publish: PublishArgs,
+}
+
+/// How the Kafka consumer behaves.
+#[derive(Debug, Clone, Args)]
+pub struct ConsumerArgs {
     /// Consumer group prefix; each instance uses `<prefix>-<instance id>` so
     /// that every instance sees every partition.
     #[arg(long, env = env::KAFKA_CONSUMER_GROUP_ID, default_value = "websocket-consumers")]
@@ -78,9 +115,6 @@ pub struct ServeArgs {
     /// Consume events at all; when off the gateway only serves clients.
     #[arg(long, env = env::EVENT_PROCESSING_ENABLED, default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub processing: bool,
-    /// Validate every event against the contract before routing.
-    #[arg(long, env = env::EVENT_VALIDATION_ENABLED, default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
-    pub validation: bool,
     /// Send records that cannot be processed to the dead-letter topic.
     #[arg(long, env = env::EVENT_DEAD_LETTER_QUEUE_ENABLED, default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub dlq: bool,
@@ -89,6 +123,24 @@ pub struct ServeArgs {
     /// writer is enough and gives one DLQ record per failure).
     #[arg(long, env = env::DLQ_WRITER, default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub dlq_writer: bool,
+}
+
+impl ConsumerArgs {
+    pub fn instance_id(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(default_instance_id)
+    }
+
+    pub fn consumer_group(&self) -> String {
+        format!("{}-{}", self.group_id, self.instance_id())
+    }
+}
+
+/// The processing stages, whatever the source.
+#[derive(Debug, Clone, Args)]
+pub struct PipelineArgs {
+    /// Validate every event against the contract before routing.
+    #[arg(long, env = env::EVENT_VALIDATION_ENABLED, default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub validation: bool,
     /// Attempts of a handler on a transient error before dead-lettering.
     #[arg(long, env = env::HANDLER_MAX_ATTEMPTS, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub handler_max_attempts: u32,
@@ -99,24 +151,21 @@ pub struct ServeArgs {
     /// also used by the delivery tests).
     #[arg(long, env = env::ROUTE_AUDIT_FILE)]
     pub route_audit_file: Option<std::path::PathBuf>,
-    #[command(flatten)]
-    pub http: HttpArgs,
-    #[command(flatten)]
-    pub ws: WsArgs,
 }
 
-impl ServeArgs {
-    pub fn instance_id(&self) -> String {
-        self.instance_id.clone().unwrap_or_else(default_instance_id)
-    }
-
-    pub fn consumer_group(&self) -> String {
-        format!("{}-{}", self.group_id, self.instance_id())
-    }
-
+impl PipelineArgs {
     pub fn handler_retry_backoff(&self) -> Duration {
         Duration::from_millis(self.handler_retry_backoff_ms)
     }
+}
+
+/// The HTTP publish API.
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    /// API keys accepted by `POST /api/events`, comma-separated. Unset:
+    /// the publish API is off (`dev` makes one up and prints it).
+    #[arg(long, env = env::PUBLISH_API_KEYS, value_delimiter = ',', hide_env_values = true)]
+    pub publish_api_keys: Vec<String>,
 }
 
 fn default_instance_id() -> String {
@@ -130,9 +179,9 @@ fn default_instance_id() -> String {
 
 #[derive(Debug, Clone, Args)]
 pub struct HttpArgs {
-    /// Address to listen on.
-    #[arg(long, env = env::HOST, default_value = "0.0.0.0")]
-    pub host: std::net::IpAddr,
+    /// Address to listen on (default: 0.0.0.0 for `serve`, 127.0.0.1 for `dev`).
+    #[arg(long, env = env::HOST)]
+    pub host: Option<std::net::IpAddr>,
     /// Port of HTTP and WebSocket (`/ws`); 0 picks a free port.
     #[arg(long, env = env::PORT, default_value_t = 3008)]
     pub port: u16,

@@ -1,23 +1,29 @@
-//! Assembles and runs the gateway: metrics, hub, router, pipeline, the
-//! Kafka source and the HTTP/WebSocket server, with graceful shutdown on
-//! SIGTERM or Ctrl-C (stop accepting, close clients with 1001 "going away",
-//! commit processed offsets, exit).
+//! Assembles and runs the gateway: metrics, hub, router, pipeline, a source
+//! (the Kafka consumer, or the embedded bus of `moonx-ws dev`) and the
+//! HTTP/WebSocket server, with graceful shutdown on SIGTERM or Ctrl-C (stop
+//! accepting, close clients with 1001 "going away", commit processed
+//! offsets, exit).
 
-use crate::config::ServeArgs;
+use crate::config::{ConsumerArgs, HttpArgs, KafkaArgs, PipelineArgs, PublishArgs, ServeArgs, WsArgs};
 use crate::deliver::auth::Authenticator;
 use crate::deliver::hub::Presence;
 use crate::deliver::session::Limits;
 use crate::deliver::{Hub, HubSettings};
+use crate::http::{publish::PublishedIds, AppState, SourceHealth};
 use crate::pipeline::audit::AuditLog;
 use crate::pipeline::dead_letter::DeadLetterWriter;
 use crate::pipeline::router::Router;
 use crate::pipeline::{Pipeline, PipelineOptions};
+use crate::source::embedded::EmbeddedBus;
 use crate::source::kafka::{self, ConsumerSettings, ConsumerStatus};
+use crate::source::publish::Publisher;
 use crate::telemetry::Metrics;
 use moonx_events::payload::{UserConnected, UserDisconnected};
-use moonx_events::{EventFactory, EventOptions, LEGACY_TOPICS};
+use moonx_events::{EventFactory, EventOptions, LEGACY_TOPICS, MAIN_TOPIC};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// A cancellation token fired by SIGTERM or Ctrl-C.
@@ -40,15 +46,51 @@ pub fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
+/// Where records come from.
+pub enum SourceConfig {
+    Kafka { kafka: KafkaArgs, consumer: ConsumerArgs },
+    /// The in-memory bus of `moonx-ws dev`.
+    Embedded { instance_id: String },
+}
+
+/// Everything the gateway needs, whatever the source.
+pub struct GatewayConfig {
+    pub source: SourceConfig,
+    pub pipeline: PipelineArgs,
+    pub http: HttpArgs,
+    pub ws: WsArgs,
+    pub publish: PublishArgs,
+}
+
+impl From<ServeArgs> for GatewayConfig {
+    fn from(a: ServeArgs) -> Self {
+        GatewayConfig {
+            source: SourceConfig::Kafka { kafka: a.kafka, consumer: a.consumer },
+            pipeline: a.pipeline,
+            http: a.http,
+            ws: a.ws,
+            publish: a.publish,
+        }
+    }
+}
+
+/// What a running gateway tells its starter.
+#[derive(Clone)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub publisher: Option<Publisher>,
+    pub hub: Hub,
+}
+
 /// The gateway, ready to run; register custom handlers on its router first.
 pub struct Gateway {
-    args: ServeArgs,
+    config: GatewayConfig,
     router: Router,
 }
 
 impl Gateway {
-    pub fn new(args: ServeArgs) -> Self {
-        Gateway { args, router: Router::with_built_in_handlers() }
+    pub fn new(config: impl Into<GatewayConfig>) -> Self {
+        Gateway { config: config.into(), router: Router::with_built_in_handlers() }
     }
 
     /// Replaces the router (built-in handlers plus your registrations).
@@ -63,81 +105,109 @@ impl Gateway {
 
     /// Runs until `shutdown` fires.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let args = self.args;
-        let instance = args.instance_id();
+        self.run_with(shutdown, |_| {}).await
+    }
+
+    /// Runs until `shutdown` fires; `on_ready` is called once listening.
+    pub async fn run_with(self, shutdown: CancellationToken, on_ready: impl FnOnce(Running)) -> anyhow::Result<()> {
+        let GatewayConfig { source, pipeline: pipeline_args, http, ws, publish } = self.config;
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(
-            HubSettings { queue_capacity: args.ws.queue_capacity as usize, max_connections: args.ws.max_connections },
+            HubSettings { queue_capacity: ws.queue_capacity as usize, max_connections: ws.max_connections },
             metrics.clone(),
         );
-        let listener = tokio::net::TcpListener::bind((args.http.host, args.http.port))
+        let (default_host, instance) = match &source {
+            SourceConfig::Kafka { consumer, .. } => ([0, 0, 0, 0].into(), consumer.instance_id()),
+            SourceConfig::Embedded { instance_id } => ([127, 0, 0, 1].into(), instance_id.clone()),
+        };
+        let host = http.host.unwrap_or(default_host);
+        let listener = tokio::net::TcpListener::bind((host, http.port))
             .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}:{} (PORT): {e}", args.http.host, args.http.port))?;
+            .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{} (HOST/PORT): {e}", http.port))?;
         let addr = listener.local_addr()?;
 
-        let mut tasks = tokio::task::JoinSet::new();
-        let consumer_status = if args.processing {
-            let status = Arc::new(ConsumerStatus::default());
-            let mut topics = vec![args.kafka.main_topic.clone()];
-            if args.legacy_topics {
-                topics.extend(LEGACY_TOPICS.iter().map(|t| t.to_string()));
-            }
-            let settings = ConsumerSettings {
-                brokers: args.kafka.brokers.clone(),
-                group_id: args.consumer_group(),
-                topics,
-                stats_interval_ms: args.stats_interval_ms,
-                auto_offset_reset: args.auto_offset_reset.clone(),
-            };
-            let dead_letters = if args.dlq && args.dlq_writer {
-                DeadLetterWriter::Kafka {
-                    producer: crate::kafka::producer::create_producer(&args.kafka.brokers)?,
-                    topic: args.kafka.dlq_topic.clone(),
-                    instance: instance.clone(),
+        let audit = match &pipeline_args.route_audit_file {
+            Some(p) => Some(AuditLog::open(p, instance.clone()).map_err(|e| anyhow::anyhow!("ROUTE_AUDIT_FILE {}: {e}", p.display()))?),
+            None => None,
+        };
+        let options = PipelineOptions {
+            validate: pipeline_args.validation,
+            handler_max_attempts: pipeline_args.handler_max_attempts,
+            handler_retry_backoff: pipeline_args.handler_retry_backoff(),
+        };
+        let registry = self.router.registry().clone();
+        let pipeline = Arc::new(Pipeline::new(self.router, hub.clone(), metrics.clone(), options, audit));
+
+        let mut tasks = JoinSet::new();
+        let mut dead_letter_ring = None;
+        let (source_health, publisher) = match source {
+            SourceConfig::Kafka { kafka, consumer } if consumer.processing => {
+                let status = Arc::new(ConsumerStatus::default());
+                let mut topics = vec![kafka.main_topic.clone()];
+                if consumer.legacy_topics {
+                    topics.extend(LEGACY_TOPICS.iter().map(|t| t.to_string()));
                 }
-            } else {
-                DeadLetterWriter::Skip
-            };
-            let audit = match &args.route_audit_file {
-                Some(p) => Some(AuditLog::open(p, instance.clone()).map_err(|e| anyhow::anyhow!("ROUTE_AUDIT_FILE {}: {e}", p.display()))?),
-                None => None,
-            };
-            let options = PipelineOptions {
-                validate: args.validation,
-                handler_max_attempts: args.handler_max_attempts,
-                handler_retry_backoff: args.handler_retry_backoff(),
-            };
-            let pipeline = Arc::new(Pipeline::new(self.router, hub.clone(), metrics.clone(), options, audit));
-            tracing::info!(
-                group = %settings.group_id, topics = ?settings.topics, brokers = %settings.brokers,
-                validation = args.validation, dlq = args.dlq, dlq_writer = args.dlq_writer, "consuming"
-            );
-            tasks.spawn(kafka::run(settings, pipeline, dead_letters, status.clone(), instance.clone(), shutdown.clone()));
-            Some(status)
-        } else {
-            tracing::info!("EVENT_PROCESSING_ENABLED=false: serving clients only, consuming nothing");
-            None
+                let settings = ConsumerSettings {
+                    brokers: kafka.brokers.clone(),
+                    group_id: consumer.consumer_group(),
+                    topics,
+                    stats_interval_ms: consumer.stats_interval_ms,
+                    auto_offset_reset: consumer.auto_offset_reset.clone(),
+                };
+                let producer = crate::kafka::producer::create_producer(&kafka.brokers)?;
+                let dead_letters = if consumer.dlq && consumer.dlq_writer {
+                    DeadLetterWriter::Kafka { producer: producer.clone(), topic: kafka.dlq_topic.clone(), instance: instance.clone() }
+                } else {
+                    DeadLetterWriter::Skip
+                };
+                tracing::info!(
+                    group = %settings.group_id, topics = ?settings.topics, brokers = %settings.brokers,
+                    validation = pipeline_args.validation, dlq = consumer.dlq, dlq_writer = consumer.dlq_writer, "consuming"
+                );
+                tasks.spawn(kafka::run(settings, pipeline, dead_letters, status.clone(), instance.clone(), shutdown.clone()));
+                (SourceHealth::Kafka(status), Some(Publisher::Kafka { producer, topic: kafka.main_topic }))
+            }
+            SourceConfig::Kafka { .. } => {
+                tracing::info!("EVENT_PROCESSING_ENABLED=false: serving clients only, consuming nothing");
+                (SourceHealth::Disabled, None)
+            }
+            SourceConfig::Embedded { .. } => {
+                let (bus, records) = EmbeddedBus::new(MAIN_TOPIC, 10_000);
+                let ring = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+                dead_letter_ring = Some(ring.clone());
+                let dead_letters = DeadLetterWriter::Memory { letters: ring, capacity: 1000 };
+                tasks.spawn(crate::source::embedded::run(records, pipeline, dead_letters, instance.clone(), shutdown.clone()));
+                (SourceHealth::Embedded, Some(Publisher::Embedded(bus)))
+            }
         };
 
-        if args.ws.presence_events {
-            spawn_presence_producer(&hub, &args, &instance, shutdown.clone(), &mut tasks)?;
+        if let (true, Some(p)) = (ws.presence_events, &publisher) {
+            spawn_presence_publisher(&hub, p.clone(), &instance, shutdown.clone(), &mut tasks);
         }
 
-        let state = crate::http::AppState {
+        let state = AppState {
             hub: hub.clone(),
             metrics: metrics.clone(),
-            auth: Authenticator::new(args.ws.jwt_secret.as_deref()),
+            auth: Authenticator::new(ws.jwt_secret.as_deref()),
             limits: Limits {
-                max_frame_bytes: args.ws.max_frame_bytes as usize,
-                max_subscriptions: args.ws.max_subscriptions,
-                rate_per_sec: args.ws.rate_limit_per_sec,
-                rate_burst: args.ws.rate_limit_burst,
-                dedup_window: args.ws.dedup_window,
+                max_frame_bytes: ws.max_frame_bytes as usize,
+                max_subscriptions: ws.max_subscriptions,
+                rate_per_sec: ws.rate_limit_per_sec,
+                rate_burst: ws.rate_limit_burst,
+                dedup_window: ws.dedup_window,
                 ..Limits::default()
             },
-            allowed_origins: Arc::new(args.ws.allowed_origins.clone()),
-            consumer: consumer_status,
+            allowed_origins: Arc::new(ws.allowed_origins.clone()),
+            source: source_health,
             shutdown: shutdown.clone(),
+            instance: instance.clone(),
+            started: std::time::Instant::now(),
+            publisher: publisher.clone(),
+            publish_keys: Arc::new(publish.publish_api_keys.into_iter().filter(|k| !k.is_empty()).collect()),
+            published_ids: Arc::new(std::sync::Mutex::new(PublishedIds::default())),
+            factory: Arc::new(EventFactory::new("http-api").with_registry(registry.clone())),
+            registry,
+            dead_letters: dead_letter_ring,
         };
         tracing::info!(%addr, instance = %instance, "listening: http://{addr}/health, ws://{addr}/ws");
         let app = crate::http::router(state);
@@ -145,6 +215,7 @@ impl Gateway {
         let server = tokio::spawn(async move {
             axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
         });
+        on_ready(Running { addr, publisher, hub });
 
         shutdown.cancelled().await;
         // Sessions close themselves with 1001 on the same signal; give them,
@@ -162,14 +233,8 @@ impl Gateway {
 }
 
 /// Publishes `user.connected` / `user.disconnected` for authenticated users
-/// to the main topic, keyed by userId, without ever blocking a session.
-fn spawn_presence_producer(
-    hub: &Hub,
-    args: &ServeArgs,
-    instance: &str,
-    shutdown: CancellationToken,
-    tasks: &mut tokio::task::JoinSet<()>,
-) -> anyhow::Result<()> {
+/// (to the main topic, keyed by userId) without ever blocking a session.
+fn spawn_presence_publisher(hub: &Hub, publisher: Publisher, instance: &str, shutdown: CancellationToken, tasks: &mut JoinSet<()>) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Presence>(10_000);
     let metrics = hub.metrics().clone();
     hub.set_presence_sink(Arc::new(move |p| {
@@ -177,8 +242,6 @@ fn spawn_presence_producer(
             metrics.frames_dropped.with_label_values(&["presence_queue_full"]).inc();
         }
     }));
-    let producer = crate::kafka::producer::create_producer(&args.kafka.brokers)?;
-    let topic = args.kafka.main_topic.clone();
     let factory = EventFactory::new("moonx-ws");
     let instance = instance.to_owned();
     tasks.spawn(async move {
@@ -189,13 +252,13 @@ fn spawn_presence_producer(
             };
             let event = match p {
                 Presence::Connected { user_id, connection_id } => factory.create(
-                    UserConnected { user_id: user_id.clone(), connection_id, instance_id: instance.clone() },
+                    UserConnected { user_id: user_id.clone(), connection_id: format!("{instance}-{connection_id}"), instance_id: instance.clone() },
                     EventOptions::user(user_id),
                 ),
                 Presence::Disconnected { user_id, connection_id, duration_ms, reason } => factory.create(
                     UserDisconnected {
                         user_id: user_id.clone(),
-                        connection_id,
+                        connection_id: format!("{instance}-{connection_id}"),
                         instance_id: instance.clone(),
                         reason: Some(reason),
                         duration_ms: Some(duration_ms),
@@ -205,13 +268,12 @@ fn spawn_presence_producer(
             };
             match event {
                 Ok(e) => {
-                    if let Err(err) = crate::kafka::producer::send_event(&producer, &topic, &e).await {
-                        tracing::warn!("presence event not produced: {err}");
+                    if let Err(err) = publisher.publish(&e).await {
+                        tracing::warn!("presence event not published: {err:#}");
                     }
                 }
                 Err(errs) => tracing::warn!("presence event invalid: {errs}"),
             }
         }
     });
-    Ok(())
 }

@@ -104,3 +104,65 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+impl Metrics {
+    /// A JSON summary for the dashboard (`GET /api/stats`): cumulative
+    /// counters by label, gauges, and the latency histogram's buckets summed
+    /// over channels (the page derives rates and quantiles from deltas).
+    pub fn stats(&self) -> serde_json::Value {
+        use serde_json::{json, Map, Value};
+        let mut processed = Map::new();
+        let mut failed = 0.0;
+        let mut dlq = 0.0;
+        let mut lag = 0.0;
+        let mut connections = 0.0;
+        let mut subscriptions = Map::new();
+        let mut le: Vec<f64> = Vec::new();
+        let mut counts: Vec<u64> = Vec::new();
+        let (mut count, mut sum) = (0u64, 0.0);
+        for family in self.registry.gather() {
+            let name = family.name().trim_start_matches("moonx_ws_");
+            for m in family.get_metric() {
+                let label = |k: &str| m.get_label().iter().find(|l| l.name() == k).map(|l| l.value().to_owned());
+                match name {
+                    "events_processed_total" => {
+                        processed.insert(label("event_type").unwrap_or_default(), json!(m.get_counter().value() as u64));
+                    }
+                    "events_failed_total" => failed += m.get_counter().value(),
+                    "dlq_writes_total" => dlq += m.get_counter().value(),
+                    "consumer_lag" => lag += m.get_gauge().value(),
+                    "connections" => connections = m.get_gauge().value(),
+                    "subscriptions" => {
+                        subscriptions.insert(label("channel").unwrap_or_default(), json!(m.get_gauge().value() as i64));
+                    }
+                    "end_to_end_latency_seconds" => {
+                        let h = m.get_histogram();
+                        let buckets = h.get_bucket();
+                        if le.is_empty() {
+                            le = buckets.iter().map(|b| b.upper_bound()).collect();
+                            counts = vec![0; le.len()];
+                        }
+                        for (c, b) in counts.iter_mut().zip(buckets) {
+                            *c += b.cumulative_count();
+                        }
+                        count += h.sample_count();
+                        sum += h.sample_sum();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for ch in ["prices", "orders", "portfolio", "trades", "system"] {
+            subscriptions.entry(ch.to_owned()).or_insert(json!(0));
+        }
+        json!({
+            "eventsProcessed": Value::Object(processed),
+            "eventsFailed": failed as u64,
+            "dlqWrites": dlq as u64,
+            "connections": connections as i64,
+            "subscriptions": Value::Object(subscriptions),
+            "consumerLag": lag as i64,
+            "latencyBuckets": {"le": le, "counts": counts, "count": count, "sum": sum},
+        })
+    }
+}

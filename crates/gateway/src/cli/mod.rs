@@ -2,10 +2,11 @@
 //! Every option can also come from its environment variable (see `config`).
 
 mod create_topics;
+pub mod dev;
 mod produce;
 mod tail;
 
-use crate::config::ServeArgs;
+use crate::config::{DevArgs, ServeArgs};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -18,8 +19,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gateway: consume, validate, route, and serve /ws, /health, /metrics.
+    /// Run the gateway: consume Kafka, validate, route, and serve /ws, /health, /metrics, / (dashboard).
     Serve(Box<ServeArgs>),
+    /// Try it without Kafka: the whole gateway on an embedded in-memory bus (`--demo` adds a live feed).
+    Dev(Box<DevArgs>),
     /// Create the main, dead-letter and legacy topics (idempotent; reports drift).
     CreateTopics(create_topics::Args),
     /// Build events with the factory, validate them, and send them.
@@ -96,6 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::server::Gateway::new(*args).run(shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dev(args) => dev::run(*args).await,
         Command::CreateTopics(args) => create_topics::run(args).await,
         Command::Produce(args) => produce::run(args).await,
         Command::Tail(args) => tail::run(args).await,

@@ -1,22 +1,37 @@
-//! HTTP: `GET /health`, `GET /metrics` (Prometheus text) and the WebSocket
-//! upgrade at `GET /ws`, all on one port.
+//! HTTP: `GET /health`, `GET /metrics` (Prometheus text), the WebSocket
+//! upgrade at `GET /ws`, the publish API (`POST /api/events`), and the
+//! dashboard (`GET /`, fed by `GET /api/stats`), all on one port.
+
+pub mod publish;
 
 use crate::deliver::auth::Authenticator;
 use crate::deliver::session::{self, Limits};
 use crate::deliver::Hub;
+use crate::pipeline::dead_letter::DeadLetter;
 use crate::source::kafka::ConsumerStatus;
+use crate::source::publish::Publisher;
+use moonx_events::{EventFactory, TypeRegistry};
 use crate::telemetry::Metrics;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+
+/// What feeds the pipeline, for `/health`.
+#[derive(Clone)]
+pub enum SourceHealth {
+    Kafka(Arc<ConsumerStatus>),
+    Embedded,
+    /// `EVENT_PROCESSING_ENABLED=false`.
+    Disabled,
+}
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -26,23 +41,75 @@ pub struct AppState {
     pub auth: Authenticator,
     pub limits: Limits,
     pub allowed_origins: Arc<Vec<String>>,
-    /// `None` when processing is disabled.
-    pub consumer: Option<Arc<ConsumerStatus>>,
+    pub source: SourceHealth,
     pub shutdown: CancellationToken,
+    pub instance: String,
+    pub started: std::time::Instant,
+    /// Where published events go (`None` when processing is disabled).
+    pub publisher: Option<Publisher>,
+    pub publish_keys: Arc<Vec<String>>,
+    pub published_ids: Arc<publish::SharedPublishedIds>,
+    pub registry: TypeRegistry,
+    pub factory: Arc<EventFactory>,
+    /// The embedded bus's recent dead letters.
+    pub dead_letters: Option<Arc<std::sync::Mutex<std::collections::VecDeque<DeadLetter>>>>,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(dashboard))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/ws", get(websocket))
+        .route("/api/events", post(publish::publish))
+        .route("/api/stats", get(stats))
+        .route("/api/dead-letters", get(dead_letters))
         .with_state(state)
+}
+
+const DASHBOARD: &str = include_str!("../../assets/dashboard.html");
+
+async fn dashboard() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
+        DASHBOARD,
+    )
+        .into_response()
+}
+
+async fn stats(State(app): State<AppState>) -> Response {
+    let mut body = app.metrics.stats();
+    body["mode"] = json!(match app.source {
+        SourceHealth::Kafka(_) => "kafka",
+        SourceHealth::Embedded => "embedded",
+        SourceHealth::Disabled => "disabled",
+    });
+    body["instance"] = json!(app.instance);
+    body["uptimeSeconds"] = json!(app.started.elapsed().as_secs());
+    Json(body).into_response()
+}
+
+/// The embedded bus's most recent dead letters (newest last).
+async fn dead_letters(State(app): State<AppState>) -> Response {
+    match &app.dead_letters {
+        Some(letters) => {
+            let l = letters.lock().unwrap_or_else(|p| p.into_inner());
+            Json(json!({"deadLetters": l.iter().map(|d| d.body.clone()).collect::<Vec<_>>()})).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, Json(json!({"error": "dead letters are in the Kafka DLQ topic: `moonx-ws tail --dlq`"}))).into_response(),
+    }
 }
 
 async fn health(State(app): State<AppState>) -> Response {
     let connections = app.hub.connection_count();
-    let Some(c) = &app.consumer else {
-        return (StatusCode::OK, Json(json!({"status": "ok", "processing": "disabled", "connections": connections}))).into_response();
+    let c = match &app.source {
+        SourceHealth::Kafka(c) => c,
+        SourceHealth::Embedded => {
+            return (StatusCode::OK, Json(json!({"status": "ok", "processing": "enabled", "mode": "embedded", "connections": connections}))).into_response();
+        }
+        SourceHealth::Disabled => {
+            return (StatusCode::OK, Json(json!({"status": "ok", "processing": "disabled", "connections": connections}))).into_response();
+        }
     };
     let connected = c.connected.load(Ordering::Relaxed);
     let assigned = c.assigned_partitions.load(Ordering::Relaxed);
@@ -63,6 +130,7 @@ async fn health(State(app): State<AppState>) -> Response {
         "status": if reason.is_none() { "ok" } else { "unavailable" },
         "reason": reason,
         "processing": "enabled",
+        "mode": "kafka",
         "consumer": {"connected": connected, "assignedPartitions": assigned},
         "dlq": {"failing": dlq_failing},
         "connections": connections,

@@ -83,6 +83,8 @@ impl DeadLetter {
 pub enum DeadLetterWriter {
     /// The DLQ topic.
     Kafka { producer: FutureProducer, topic: String, instance: String },
+    /// The embedded bus keeps its most recent dead letters in memory.
+    Memory { letters: Arc<std::sync::Mutex<std::collections::VecDeque<DeadLetter>>>, capacity: usize },
     /// DLQ disabled, or another instance is the writer: the failure is only
     /// logged and counted (as `dlq_writes_total{reason}` is not incremented,
     /// `events_failed_total` still shows it).
@@ -106,8 +108,18 @@ impl DeadLetterWriter {
         health: &DlqHealth,
         shutdown: &CancellationToken,
     ) -> bool {
-        let DeadLetterWriter::Kafka { producer, topic, instance } = self else {
-            return true;
+        let (producer, topic, instance) = match self {
+            DeadLetterWriter::Kafka { producer, topic, instance } => (producer, topic, instance),
+            DeadLetterWriter::Memory { letters, capacity } => {
+                let mut l = letters.lock().unwrap_or_else(|p| p.into_inner());
+                if l.len() >= *capacity {
+                    l.pop_front();
+                }
+                l.push_back(letter.clone());
+                metrics.dlq_writes.with_label_values(&[letter.failure.reason.as_str()]).inc();
+                return true;
+            }
+            DeadLetterWriter::Skip => return true,
         };
         let body = serde_json::to_vec(&letter.body).expect("serializable");
         let mut backoff = Duration::from_millis(100);
@@ -168,4 +180,3 @@ fn dlq_headers(letter: &DeadLetter, instance: &str) -> OwnedHeaders {
     h
 }
 
-pub type SharedDlqHealth = Arc<DlqHealth>;

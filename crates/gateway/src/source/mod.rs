@@ -1,8 +1,11 @@
 //! Sources: where records come from. The Kafka consumer (`kafka`) is the
-//! production source; each hands every record to the pipeline in order and
-//! learns the outcome before it moves its position.
+//! production source, the embedded bus (`embedded`) the one of `moonx-ws
+//! dev`; each hands every record to the pipeline in order and learns the
+//! outcome before it moves its position. `publish` writes into either.
 
+pub mod embedded;
 pub mod kafka;
+pub mod publish;
 
 /// One record as the pipeline sees it, borrowed from the source's buffer.
 #[derive(Debug, Clone, Copy)]

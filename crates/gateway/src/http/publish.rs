@@ -1,0 +1,180 @@
+//! `POST /api/events`: publish one event or a batch over HTTP.
+//!
+//! Each item is either a whole envelope (`{"metadata":…,"data":…}`), checked
+//! as it is, or `{"type", "data", "userId"?, "correlationId"?,
+//! "causationId"?, "source"?, "classification"?, "eventId"?}` built by the
+//! factory. Every item is validated first; if any is invalid the response is
+//! 400 with all the errors and nothing is published. Items are published in
+//! order. A client-supplied `eventId` makes the call idempotent: an id
+//! published before is answered from memory (the last 100,000 ids) with
+//! `"duplicate": true` and not sent again.
+//!
+//! Authentication: an API key from `PUBLISH_API_KEYS`, as `Authorization:
+//! Bearer <key>` or `X-API-Key: <key>`.
+
+use super::AppState;
+use crate::kafka::producer::Delivered;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use moonx_events::decode::{decode_event, DecodeOptions};
+use moonx_events::{DataClassification, DecodeError, Event, EventOptions, EventType, ValidationErrors};
+use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+pub const MAX_BATCH: usize = 1000;
+const IDEMPOTENCY_WINDOW: usize = 100_000;
+
+/// Ids published with a client-supplied eventId, and where they went.
+#[derive(Default)]
+pub struct PublishedIds {
+    map: HashMap<uuid::Uuid, Delivered>,
+    order: VecDeque<uuid::Uuid>,
+}
+
+impl PublishedIds {
+    fn get(&self, id: &uuid::Uuid) -> Option<Delivered> {
+        self.map.get(id).copied()
+    }
+
+    fn insert(&mut self, id: uuid::Uuid, d: Delivered) {
+        if self.map.insert(id, d).is_none() {
+            self.order.push_back(id);
+            if self.order.len() > IDEMPOTENCY_WINDOW {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"error": message}))).into_response()
+}
+
+fn authorized(keys: &[String], headers: &HeaderMap) -> bool {
+    let given = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")));
+    given.is_some_and(|g| keys.iter().any(|k| !k.is_empty() && constant_time_eq(k.as_bytes(), g.as_bytes())))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub async fn publish(State(app): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let Some(publisher) = &app.publisher else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "publishing needs a source: EVENT_PROCESSING_ENABLED is off");
+    };
+    if app.publish_keys.is_empty() {
+        return error(StatusCode::NOT_FOUND, "the publish API is off: set PUBLISH_API_KEYS");
+    }
+    if !authorized(&app.publish_keys, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "a valid API key is required (Authorization: Bearer <key> or X-API-Key)");
+    }
+    let doc: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("the body is not JSON: {e}")),
+    };
+    let items = match doc {
+        Value::Array(items) => items,
+        one @ Value::Object(_) => vec![one],
+        _ => return error(StatusCode::BAD_REQUEST, "the body must be an event object or an array of them"),
+    };
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return error(StatusCode::BAD_REQUEST, &format!("a batch holds 1 to {MAX_BATCH} events"));
+    }
+
+    let mut events = Vec::with_capacity(items.len());
+    let mut failures = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        match build(&app, item) {
+            Ok(e) => events.push(e),
+            Err(errors) => failures.push(json!({"index": index, "errors": errors})),
+        }
+    }
+    if !failures.is_empty() {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid events: nothing was published", "invalid": failures}))).into_response();
+    }
+
+    let mut published = Vec::with_capacity(events.len());
+    for (event, client_id) in events {
+        let seen = client_id.then(|| app.published_ids.lock().unwrap_or_else(|p| p.into_inner()).get(&event.metadata.event_id)).flatten();
+        let (delivered, duplicate) = match seen {
+            Some(d) => (d, true),
+            None => match publisher.publish(&event).await {
+                Ok(d) => {
+                    if client_id {
+                        app.published_ids.lock().unwrap_or_else(|p| p.into_inner()).insert(event.metadata.event_id, d);
+                    }
+                    (d, false)
+                }
+                Err(e) => {
+                    tracing::error!(eventId = %event.metadata.event_id, "publish failed: {e:#}");
+                    return (
+                        StatusCode::BAD_GATEWAY,
+                        Json(json!({"error": format!("publishing failed: {e}"), "published": published})),
+                    )
+                        .into_response();
+                }
+            },
+        };
+        published.push(json!({
+            "eventId": event.metadata.event_id, "eventType": event.metadata.event_type,
+            "partition": delivered.partition, "offset": delivered.offset, "duplicate": duplicate,
+        }));
+    }
+    (StatusCode::OK, Json(json!({"published": published}))).into_response()
+}
+
+/// The event of one item, and whether the client chose its eventId.
+fn build(app: &AppState, item: Value) -> Result<(Event, bool), Value> {
+    let errs = |e: ValidationErrors| serde_json::to_value(e).unwrap_or_default();
+    let one = |path: &str, code: &str, message: String| json!([{"path": path, "code": code, "message": message}]);
+    if item.get("metadata").is_some() {
+        let bytes = serde_json::to_vec(&item).expect("serializable");
+        let options = DecodeOptions::new(&app.registry);
+        return match decode_event(&bytes, &options) {
+            Ok(e) => Ok((e, true)),
+            Err(DecodeError::Invalid(e)) => Err(errs(e)),
+            Err(other) => Err(one("", other.code(), other.to_string())),
+        };
+    }
+    let text = |k: &str| item.get(k).and_then(Value::as_str).map(str::to_owned);
+    let Some(event_type) = text("type") else {
+        return Err(one("/type", "required", "an item needs \"type\" and \"data\", or a whole envelope".into()));
+    };
+    let classification = match text("classification") {
+        None => None,
+        Some(c) => Some(DataClassification::parse(&c).ok_or_else(|| one("/classification", "enum", format!("{c:?} is not a classification")))?),
+    };
+    let event_id = match item.get("eventId") {
+        None => None,
+        Some(v) => Some(
+            v.as_str()
+                .and_then(|s| uuid::Uuid::try_parse(s).ok())
+                .ok_or_else(|| one("/eventId", "format", "must be a UUID".into()))?,
+        ),
+    };
+    let options = EventOptions {
+        user_id: text("userId"),
+        correlation_id: text("correlationId"),
+        causation_id: text("causationId"),
+        source: text("source").or_else(|| Some("http-api".into())),
+        classification,
+        ..Default::default()
+    };
+    let data = item.get("data").cloned().unwrap_or(Value::Null);
+    let mut event = app.factory.create_from_json(&EventType::parse(&event_type), data, options).map_err(errs)?;
+    if let Some(id) = event_id {
+        event.metadata.event_id = id;
+    }
+    Ok((event, event_id.is_some()))
+}
+
+pub type SharedPublishedIds = Mutex<PublishedIds>;
