@@ -72,6 +72,7 @@ pub struct Gateway {
     pub log: PathBuf,
     pub audit: PathBuf,
     env: Vec<(String, String)>,
+    args: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -113,7 +114,30 @@ impl Gateway {
             env.retain(|(ek, _)| ek != k);
             env.push((k.into(), v));
         }
-        let mut g = Gateway { child: None, port, log, audit, env, _dir: dir };
+        let mut g = Gateway { child: None, port, log, audit, env, args: vec!["serve".into()], _dir: dir };
+        g.spawn();
+        g
+    }
+
+    /// `moonx-ws dev` with these arguments: no Kafka at all.
+    pub fn start_dev(args: &[&str], extra_env: Vec<(&str, String)>) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let audit = dir.path().join("routes.jsonl");
+        let log = dir.path().join("gateway.log");
+        let mut env: Vec<(String, String)> = vec![
+            ("PORT".into(), port.to_string()),
+            ("ROUTE_AUDIT_FILE".into(), audit.display().to_string()),
+            ("JWT_SECRET".into(), JWT_SECRET.into()),
+            ("RUST_LOG".into(), "info".into()),
+        ];
+        for (k, v) in extra_env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.into(), v));
+        }
+        let mut all = vec!["dev".to_owned()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let mut g = Gateway { child: None, port, log, audit, env, args: all, _dir: dir };
         g.spawn();
         g
     }
@@ -121,7 +145,7 @@ impl Gateway {
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(bin())
-            .arg("serve")
+            .args(&self.args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
