@@ -69,7 +69,62 @@ impl<'a> DecodeOptions<'a> {
 }
 
 /// Decodes, migrates (legacy messages) and validates one record.
+///
+/// Two paths, one verdict. The fast path decodes straight into the typed
+/// model (no `Value` tree) and accepts only what [`Validator::accepts_typed`]
+/// passes; anything else (errors, legacy messages, `null`s, duplicate keys)
+/// takes the slow path, whose walker gives the verdict and every error. The
+/// fast path never accepts what the walker would refuse (tested in
+/// `tests/fast_path_agrees.rs`).
 pub fn decode_event(bytes: &[u8], opts: &DecodeOptions<'_>) -> Result<Event, DecodeError> {
+    if let Some(event) = decode_fast(bytes, opts) {
+        return Ok(event);
+    }
+    decode_slow(bytes, opts)
+}
+
+/// The typed single-pass decode; `None` sends the record down the slow path.
+pub fn decode_fast(bytes: &[u8], opts: &DecodeOptions<'_>) -> Option<Event> {
+    use serde_json::value::RawValue;
+    #[derive(serde::Deserialize)]
+    struct Raw<'a> {
+        #[serde(borrow)]
+        metadata: &'a RawValue,
+        #[serde(borrow)]
+        data: &'a RawValue,
+    }
+    // Legacy records are migrated on the slow path. `null` anywhere (even in
+    // a string, harmlessly) also goes there: the model refuses explicit nulls
+    // where typed `Option`s would quietly accept them.
+    if opts.topic.is_some_and(legacy::is_legacy_topic) || contains(bytes, b"null") {
+        return None;
+    }
+    // serde accepts a JSON array for a struct; the contract wants objects.
+    let is_object = |raw: &RawValue| raw.get().starts_with('{');
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    let raw: Raw<'_> = serde_json::from_slice(bytes).ok()?;
+    if !is_object(raw.metadata) || !is_object(raw.data) {
+        return None;
+    }
+    let metadata: EventMetadata = serde_json::from_str(raw.metadata.get()).ok()?;
+    // Holdings are nested structs that could also be arrays: the slow path checks them.
+    if metadata.event_type == crate::EventType::PortfolioUpdated {
+        return None;
+    }
+    let data = EventData::from_json_str(&metadata.event_type, raw.data.get()).ok()?;
+    let event = Event { metadata, data };
+    let accepted = !opts.validate || Validator { registry: opts.registry, now_ms: opts.now_ms }.accepts_typed(&event);
+    accepted.then_some(event)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The `Value`-based decode: migration, the full walker, every error.
+pub fn decode_slow(bytes: &[u8], opts: &DecodeOptions<'_>) -> Result<Event, DecodeError> {
     let doc: Value = serde_json::from_slice(bytes).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
     let doc = if is_legacy_shaped(&doc, opts.topic) {
         legacy::migrate(&doc, opts.topic, opts.registry)?

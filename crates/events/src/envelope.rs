@@ -9,7 +9,9 @@ use uuid::Uuid;
 #[serde(rename_all = "camelCase")]
 pub struct EventMetadata {
     /// Unique id; the factory makes a v7 (time-ordered) UUID. Clients
-    /// de-duplicate redeliveries by it.
+    /// de-duplicate redeliveries by it. Only the canonical hyphenated form
+    /// is accepted.
+    #[serde(deserialize_with = "canonical_uuid")]
     pub event_id: Uuid,
     pub event_type: EventType,
     /// Schema version of `data`, `major.minor` (e.g. `"1.0"`).
@@ -53,4 +55,12 @@ impl<T: Serialize> EventEnvelope<T> {
     pub fn to_json_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("an envelope always serializes")
     }
+}
+
+fn canonical_uuid<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Uuid, D::Error> {
+    let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+    if !crate::validate::is_canonical_uuid(&s) {
+        return Err(serde::de::Error::custom("eventId must be a hyphenated UUID"));
+    }
+    Uuid::try_parse(&s).map_err(serde::de::Error::custom)
 }

@@ -228,6 +228,43 @@ impl<'r> Validator<'r> {
     }
 }
 
+impl Validator<'_> {
+    /// The fast path's check of an already typed event: `true` only if the
+    /// walker would find no error either. It shares [`Self::check_rules`];
+    /// what typing already guarantees (types, enums, decimal grammar,
+    /// canonical UUID) is not checked again. Callers must fall back to
+    /// [`Self::validate`] when this says `false`, for the verdict and errors.
+    pub fn accepts_typed(&self, event: &crate::Event) -> bool {
+        let m = &event.metadata;
+        let text = |s: &str| !s.is_empty();
+        let opt_text = |s: &Option<String>| s.as_deref().is_none_or(text);
+        let default = self.registry.default_classification(&m.event_type);
+        if default.is_none()
+            || !text(m.event_type.as_str())
+            || !is_version(&m.event_version)
+            || !text(&m.correlation_id)
+            || !opt_text(&m.causation_id)
+            || !text(&m.source)
+            || !opt_text(&m.user_id)
+            || !text(&m.partition)
+            || !opt_text(&m.migrated_from)
+            || !event.data.accepts_fields()
+        {
+            return false;
+        }
+        let facts = MetadataFacts {
+            default_classification: default,
+            classification: Some(m.data_classification),
+            user_id: m.user_id.as_deref(),
+            data_user_id: event.data.owner(),
+            timestamp: Some(m.timestamp),
+        };
+        let mut errs = Errors::default();
+        self.check_rules(&facts, &mut errs);
+        errs.0.is_empty()
+    }
+}
+
 struct MetadataFacts<'a> {
     default_classification: Option<DataClassification>,
     classification: Option<DataClassification>,
