@@ -210,3 +210,32 @@ mod tests {
         assert_eq!(v["event"]["data"], json!({}));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text gets a message or a typed error, never a panic; errors
+        /// from a message with a usable id echo it.
+        #[test]
+        fn parse_is_total(text in ".{0,200}") {
+            let _ = parse(&text);
+        }
+
+        #[test]
+        fn json_shaped_frames_get_a_verdict(kind in prop::option::of("[a-z]{0,12}"), channel in prop::option::of(".{0,10}"), id in any::<u32>()) {
+            let mut v = serde_json::json!({"id": id});
+            if let Some(k) = &kind { v["type"] = json!(k); }
+            if let Some(c) = &channel { v["channel"] = json!(c); }
+            match parse(&v.to_string()) {
+                Ok(m) => prop_assert_eq!(m.id, Some(json!(id))),
+                Err(e) => {
+                    prop_assert_eq!(e.code, ErrorCode::BadRequest);
+                    prop_assert_eq!(e.id, Some(json!(id)));
+                }
+            }
+        }
+    }
+}
