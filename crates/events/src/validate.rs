@@ -126,31 +126,11 @@ impl<'r> Validator<'r> {
             errs.push("", ErrorCode::Type, "an event must be a JSON object");
             return;
         };
-        let meta = match root.get("metadata") {
-            Some(Value::Object(m)) => Some(m),
-            Some(_) => {
-                errs.push("/metadata", ErrorCode::Type, "must be an object");
-                None
-            }
-            None => {
-                errs.push("/metadata", ErrorCode::Required, "is required");
-                None
-            }
-        };
+        let meta = required_object(root, "metadata", errs);
         if let Some(m) = meta {
             walk_fields(m, METADATA, "/metadata", errs);
         }
-        let data = match root.get("data") {
-            Some(Value::Object(d)) => Some(d),
-            Some(_) => {
-                errs.push("/data", ErrorCode::Type, "must be an object");
-                None
-            }
-            None => {
-                errs.push("/data", ErrorCode::Required, "is required");
-                None
-            }
-        };
+        let data = required_object(root, "data", errs);
         let Some(m) = meta else { return };
 
         let event_type = m.get("eventType").and_then(Value::as_str).map(EventType::parse);
@@ -262,6 +242,21 @@ impl Validator<'_> {
         let mut errs = Errors::default();
         self.check_rules(&facts, &mut errs);
         errs.0.is_empty()
+    }
+}
+
+/// `root[key]` when it is an object; otherwise the error that says why not.
+fn required_object<'v>(root: &'v Map<String, Value>, key: &str, errs: &mut Errors) -> Option<&'v Map<String, Value>> {
+    match root.get(key) {
+        Some(Value::Object(m)) => Some(m),
+        Some(_) => {
+            errs.push(format!("/{key}"), ErrorCode::Type, "must be an object");
+            None
+        }
+        None => {
+            errs.push(format!("/{key}"), ErrorCode::Required, "is required");
+            None
+        }
     }
 }
 

@@ -61,6 +61,13 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub consumer: ConsumerArgs,
     #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// What `serve` and `dev` share: the pipeline, HTTP, WebSocket and publish API.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    #[command(flatten)]
     pub pipeline: PipelineArgs,
     #[command(flatten)]
     pub http: HttpArgs,
@@ -82,13 +89,7 @@ pub struct DevArgs {
     #[arg(long, env = env::GATEWAY_INSTANCE_ID, default_value = "dev")]
     pub instance_id: String,
     #[command(flatten)]
-    pub pipeline: PipelineArgs,
-    #[command(flatten)]
-    pub http: HttpArgs,
-    #[command(flatten)]
-    pub ws: WsArgs,
-    #[command(flatten)]
-    pub publish: PublishArgs,
+    pub common: CommonArgs,
 }
 
 /// How the Kafka consumer behaves.

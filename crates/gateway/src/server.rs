@@ -4,7 +4,7 @@
 //! accepting, close clients with 1001 "going away", commit processed
 //! offsets, exit).
 
-use crate::config::{ConsumerArgs, HttpArgs, KafkaArgs, PipelineArgs, PublishArgs, ServeArgs, WsArgs};
+use crate::config::{CommonArgs, ConsumerArgs, KafkaArgs, ServeArgs};
 use crate::deliver::auth::Authenticator;
 use crate::deliver::hub::Presence;
 use crate::deliver::session::Limits;
@@ -56,21 +56,12 @@ pub enum SourceConfig {
 /// Everything the gateway needs, whatever the source.
 pub struct GatewayConfig {
     pub source: SourceConfig,
-    pub pipeline: PipelineArgs,
-    pub http: HttpArgs,
-    pub ws: WsArgs,
-    pub publish: PublishArgs,
+    pub common: CommonArgs,
 }
 
 impl From<ServeArgs> for GatewayConfig {
     fn from(a: ServeArgs) -> Self {
-        GatewayConfig {
-            source: SourceConfig::Kafka { kafka: a.kafka, consumer: a.consumer },
-            pipeline: a.pipeline,
-            http: a.http,
-            ws: a.ws,
-            publish: a.publish,
-        }
+        GatewayConfig { source: SourceConfig::Kafka { kafka: a.kafka, consumer: a.consumer }, common: a.common }
     }
 }
 
@@ -110,7 +101,7 @@ impl Gateway {
 
     /// Runs until `shutdown` fires; `on_ready` is called once listening.
     pub async fn run_with(self, shutdown: CancellationToken, on_ready: impl FnOnce(Running)) -> anyhow::Result<()> {
-        let GatewayConfig { source, pipeline: pipeline_args, http, ws, publish } = self.config;
+        let GatewayConfig { source, common: CommonArgs { pipeline: pipeline_args, http, ws, publish } } = self.config;
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(
             HubSettings { queue_capacity: ws.queue_capacity as usize, max_connections: ws.max_connections },

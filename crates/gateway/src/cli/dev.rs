@@ -17,19 +17,14 @@ pub const DEMO_USER: &str = "demo-user";
 pub const DEMO_ADMIN: &str = "demo-admin";
 
 pub async fn run(mut args: DevArgs) -> anyhow::Result<ExitCode> {
-    let secret = args.ws.jwt_secret.get_or_insert_with(|| uuid::Uuid::new_v4().simple().to_string()).clone();
-    if args.publish.publish_api_keys.is_empty() {
-        args.publish.publish_api_keys.push(format!("dev-{}", uuid::Uuid::new_v4().simple()));
+    let common = &mut args.common;
+    let secret = common.ws.jwt_secret.get_or_insert_with(|| uuid::Uuid::new_v4().simple().to_string()).clone();
+    if common.publish.publish_api_keys.is_empty() {
+        common.publish.publish_api_keys.push(format!("dev-{}", uuid::Uuid::new_v4().simple()));
     }
-    let api_key = args.publish.publish_api_keys[0].clone();
+    let api_key = common.publish.publish_api_keys[0].clone();
     let (demo, rate) = (args.demo, args.demo_rate.max(1));
-    let config = GatewayConfig {
-        source: SourceConfig::Embedded { instance_id: args.instance_id },
-        pipeline: args.pipeline,
-        http: args.http,
-        ws: args.ws,
-        publish: args.publish,
-    };
+    let config = GatewayConfig { source: SourceConfig::Embedded { instance_id: args.instance_id }, common: args.common };
     let shutdown = crate::server::shutdown_on_signals();
     let feed_stop = shutdown.clone();
     Gateway::new(config)
