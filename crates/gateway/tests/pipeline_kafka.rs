@@ -381,3 +381,17 @@ async fn a_broker_restart_mid_stream_loses_nothing() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_broker_at_start_gives_a_degraded_health_not_a_crash() {
+    let topics = Topics { main: "unused".into(), dlq: "unused.dlq".into() };
+    let mut gw = Gateway::start(GatewayConfig { extra_env: vec![("KAFKA_BROKERS", "127.0.0.1:1".into())], ..GatewayConfig::new(&topics) });
+    eventually("health says why", Duration::from_secs(20), || async {
+        let (code, body) = http_get(&format!("{}/health", gw.base())).await.map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        if code == 503 && v["reason"].as_str().unwrap_or_default().contains("no connection to the Kafka brokers") { Ok(()) } else { Err(body) }
+    })
+    .await;
+    assert!(gw.child.as_mut().unwrap().try_wait().unwrap().is_none(), "still running, retrying");
+    assert_eq!(gw.terminate().code(), Some(0));
+}
