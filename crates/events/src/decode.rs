@@ -120,7 +120,7 @@ pub fn decode_fast(bytes: &[u8], opts: &DecodeOptions<'_>) -> Option<Event> {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 /// The `Value`-based decode: migration, the full walker, every error.
