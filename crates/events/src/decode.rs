@@ -88,8 +88,7 @@ pub fn decode_fast(bytes: &[u8], opts: &DecodeOptions<'_>) -> Option<Event> {
     use serde_json::value::RawValue;
     #[derive(serde::Deserialize)]
     struct Raw<'a> {
-        #[serde(borrow)]
-        metadata: &'a RawValue,
+        metadata: crate::envelope::MapOnly<EventMetadata>,
         #[serde(borrow)]
         data: &'a RawValue,
     }
@@ -105,14 +104,10 @@ pub fn decode_fast(bytes: &[u8], opts: &DecodeOptions<'_>) -> Option<Event> {
         return None;
     }
     let raw: Raw<'_> = serde_json::from_slice(bytes).ok()?;
-    if !is_object(raw.metadata) || !is_object(raw.data) {
+    if !is_object(raw.data) {
         return None;
     }
-    let metadata: EventMetadata = serde_json::from_str(raw.metadata.get()).ok()?;
-    // Holdings are nested structs that could also be arrays: the slow path checks them.
-    if metadata.event_type == crate::EventType::PortfolioUpdated {
-        return None;
-    }
+    let metadata = raw.metadata.0;
     let data = EventData::from_json_str(&metadata.event_type, raw.data.get()).ok()?;
     let event = Event { metadata, data };
     let accepted = !opts.validate || Validator { registry: opts.registry, now_ms: opts.now_ms }.accepts_typed(&event);

@@ -64,3 +64,29 @@ fn canonical_uuid<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Uuid, D::Err
     }
     Uuid::try_parse(&s).map_err(serde::de::Error::custom)
 }
+
+/// A struct that must come from a JSON object: serde's derived `Deserialize`
+/// also takes an array (fields by position), which the contract does not.
+/// Used by the fast decode path, so it can accept only what the walker does.
+pub(crate) struct MapOnly<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for MapOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(ObjectVisitor(std::marker::PhantomData)).map(MapOnly)
+    }
+}
+
+/// `Vec<T>` whose items must be JSON objects (see [`MapOnly`]).
+pub(crate) fn objects<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    Ok(Vec::<MapOnly<T>>::deserialize(d)?.into_iter().map(|m| m.0).collect())
+}

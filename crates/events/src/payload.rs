@@ -116,6 +116,7 @@ pub struct Holding {
 pub struct PortfolioUpdated {
     pub user_id: String,
     pub total_value_usd: Decimal,
+    #[serde(deserialize_with = "crate::envelope::objects")]
     pub holdings: Vec<Holding>,
     /// Relative change over 24 h; may be negative.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -144,3 +144,30 @@ proptest! {
         check(&bytes, false)?;
     }
 }
+
+#[test]
+fn arrays_in_place_of_objects_never_pass_the_fast_path() {
+    let registry = TypeRegistry::new();
+    let opts = DecodeOptions { now_ms: Some(NOW), ..DecodeOptions::new(&registry) };
+    let portfolio = inputs()
+        .iter()
+        .find(|v| {
+            v["metadata"]["eventType"] == "portfolio.updated"
+                && v["data"]["holdings"].as_array().is_some_and(|h| !h.is_empty())
+                && decode_slow(v.to_string().as_bytes(), &opts).is_ok()
+                && !v.to_string().contains("null")
+        })
+        .expect("a portfolio vector with holdings")
+        .clone();
+    assert!(decode_fast(portfolio.to_string().as_bytes(), &opts).is_some(), "the valid portfolio takes the fast path");
+    let mut holding_as_array = portfolio.clone();
+    holding_as_array["data"]["holdings"][0] = json!(["ETH", 1, "1", "1"]);
+    let metadata = portfolio["metadata"].as_object().unwrap();
+    let mut metadata_as_array = portfolio.clone();
+    metadata_as_array["metadata"] = Value::Array(metadata.values().cloned().collect());
+    for doc in [holding_as_array, metadata_as_array] {
+        let bytes = doc.to_string().into_bytes();
+        assert!(decode_fast(&bytes, &opts).is_none(), "{doc}");
+        assert!(decode_slow(&bytes, &opts).is_err(), "{doc}");
+    }
+}

@@ -65,14 +65,15 @@ struct Conn {
 #[derive(Default)]
 struct State {
     conns: HashMap<ConnId, Conn>,
-    /// Subscribers of `prices`, with their optional token filter (uppercase).
-    prices: HashMap<ConnId, Option<HashSet<String>>>,
+    /// Subscribers of `prices`, with their optional token filter.
+    prices: HashMap<ConnId, Option<TokenFilter>>,
     /// Connections authenticated as each user.
     users: HashMap<String, HashSet<ConnId>>,
     /// Admin connections subscribed to `system`.
     operators: HashSet<ConnId>,
-    /// The latest price frame (marked as a snapshot) per token and chain.
-    latest_prices: BTreeMap<(String, u64), Outbound>,
+    /// The latest price frame per token and chain (turned into a snapshot
+    /// frame when someone subscribes).
+    latest_prices: BTreeMap<String, BTreeMap<u64, Outbound>>,
 }
 
 struct Inner {
@@ -247,13 +248,17 @@ impl Hub {
         }
         match channel {
             Channel::Prices => {
-                let filter = tokens.map(|t| t.iter().map(|s| s.to_ascii_uppercase()).collect::<HashSet<_>>());
+                let filter = tokens.map(TokenFilter::new);
                 let mut queued = 0;
-                for ((token, _chain), frame) in &st.latest_prices {
-                    if filter.as_ref().is_none_or(|f| f.contains(&token.to_ascii_uppercase()))
-                        && conn.tx.try_send(frame.clone()).is_ok()
-                    {
-                        queued += 1;
+                for (token, chains) in &st.latest_prices {
+                    if !filter.as_ref().is_none_or(|f| f.admits(token)) {
+                        continue;
+                    }
+                    for live in chains.values() {
+                        let snapshot = Outbound { frame: utf8(super::protocol::snapshot_of(live.frame.as_bytes())), ..live.clone() };
+                        if conn.tx.try_send(snapshot).is_ok() {
+                            queued += 1;
+                        }
                     }
                 }
                 st.prices.insert(id, filter);
@@ -298,18 +303,21 @@ impl Hub {
             frame: utf8(super::protocol::event_frame(route.channel, envelope, false)),
         };
         let price_token = match &event.data {
-            EventData::PriceUpdated(p) => Some((p.token.clone(), p.chain_id)),
+            EventData::PriceUpdated(p) => Some((p.token.as_str(), p.chain_id)),
             _ => None,
         };
         let now_ms = moonx_events::validate::now_ms();
         let metrics = &self.inner.metrics;
         let mut st = self.state();
-        if let (Some(key), Audience::Everyone) = (&price_token, &route.audience) {
-            let snapshot = Outbound {
-                frame: utf8(super::protocol::event_frame(route.channel, envelope, true)),
-                ..out.clone()
-            };
-            st.latest_prices.insert(key.clone(), snapshot);
+        if let (Some((token, chain)), Audience::Everyone) = (price_token, &route.audience) {
+            match st.latest_prices.get_mut(token) {
+                Some(chains) => {
+                    chains.insert(chain, out.clone());
+                }
+                None => {
+                    st.latest_prices.insert(token.to_owned(), BTreeMap::from([(chain, out.clone())]));
+                }
+            }
         }
         let st = &*st;
         let entitled = |conn: &Conn| -> bool {
@@ -341,12 +349,11 @@ impl Hub {
         };
         match &route.audience {
             Audience::Everyone => {
-                let token = price_token.as_ref().map(|(t, _)| t.to_ascii_uppercase());
+                let token = price_token.map(|(t, _)| t);
                 for (id, filter) in &st.prices {
-                    let passes = match (filter, &token) {
-                        (None, _) => true,
-                        (Some(f), Some(t)) => f.contains(t),
-                        (Some(_), None) => true,
+                    let passes = match (filter, token) {
+                        (Some(f), Some(t)) => f.admits(t),
+                        _ => true,
                     };
                     if passes {
                         offer(id);
@@ -363,6 +370,21 @@ impl Hub {
         if sent > 0 {
             metrics.frames_sent.with_label_values(&[route.channel.as_str()]).inc_by(sent);
         }
+    }
+}
+
+/// The `tokens` filter of a `prices` subscription (case-insensitive; a
+/// handful of tokens, so a list beats a set).
+#[derive(Debug, Clone)]
+struct TokenFilter(Vec<String>);
+
+impl TokenFilter {
+    fn new(tokens: &[String]) -> Self {
+        TokenFilter(tokens.to_vec())
+    }
+
+    fn admits(&self, token: &str) -> bool {
+        self.0.iter().any(|t| t.eq_ignore_ascii_case(token))
     }
 }
 

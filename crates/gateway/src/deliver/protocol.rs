@@ -181,6 +181,18 @@ pub fn event_frame(channel: Channel, envelope_json: &[u8], snapshot: bool) -> Ve
     out
 }
 
+/// The snapshot version of a live event frame: the same bytes with
+/// `"snapshot":true` after the channel (built only when someone subscribes).
+pub fn snapshot_of(live_frame: &[u8]) -> Vec<u8> {
+    const EVENT_KEY: &[u8] = b"\"event\":";
+    let at = memchr::memmem::find(live_frame, EVENT_KEY).unwrap_or(live_frame.len());
+    let mut out = Vec::with_capacity(live_frame.len() + 16);
+    out.extend_from_slice(&live_frame[..at]);
+    out.extend_from_slice(b"\"snapshot\":true,");
+    out.extend_from_slice(&live_frame[at..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,10 +216,12 @@ mod tests {
 
     #[test]
     fn event_frames_are_valid_json() {
-        let f = event_frame(Channel::Prices, br#"{"metadata":{},"data":{}}"#, true);
+        let f = event_frame(Channel::Prices, br#"{"metadata":{},"data":{"event":1}}"#, true);
         let v: Value = serde_json::from_slice(&f).unwrap();
         assert_eq!(v["snapshot"], true);
-        assert_eq!(v["event"]["data"], json!({}));
+        assert_eq!(v["event"]["data"], json!({"event": 1}));
+        let live = event_frame(Channel::Prices, br#"{"metadata":{},"data":{"event":1}}"#, false);
+        assert_eq!(snapshot_of(&live), f, "a snapshot made from the live frame is the same frame");
     }
 }
 

@@ -1,0 +1,201 @@
+//! The systems under test, each started as its own process: `moonx-ws serve`
+//! (the release binary unless told otherwise) and the Node.js baseline
+//! (`node bench/baseline-node/server.js`).
+
+use crate::procstat;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const JWT_SECRET: &str = "moonx-bench-secret";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Moonx,
+    Baseline,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Moonx => "moonx-ws",
+            Kind::Baseline => "baseline (Node.js)",
+        }
+    }
+    pub fn key(self) -> &'static str {
+        match self {
+            Kind::Moonx => "moonx",
+            Kind::Baseline => "baseline",
+        }
+    }
+}
+
+/// How to start the targets.
+#[derive(Debug, Clone)]
+pub struct Programs {
+    pub moonx_bin: PathBuf,
+    pub node: String,
+    pub baseline_dir: PathBuf,
+    pub brokers: String,
+    pub logs: PathBuf,
+}
+
+/// What one run of a target consumes.
+pub struct Launch<'a> {
+    pub topic: &'a str,
+    pub from_beginning: bool,
+    /// Extra environment (wins over the defaults).
+    pub env: Vec<(&'a str, String)>,
+    pub tag: &'a str,
+}
+
+pub struct Target {
+    pub kind: Kind,
+    pub port: u16,
+    child: Child,
+    http: reqwest::Client,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+impl Target {
+    pub fn start(kind: Kind, programs: &Programs, launch: Launch<'_>) -> anyhow::Result<Target> {
+        let port = free_port();
+        let group = format!("bench-{}-{}", launch.tag, uuid::Uuid::new_v4().simple());
+        let log_path = programs.logs.join(format!("{}-{}.log", kind.key(), launch.tag));
+        let log = std::fs::File::create(&log_path)?;
+        let mut env: Vec<(String, String)> = vec![
+            ("KAFKA_BROKERS".into(), programs.brokers.clone()),
+            ("KAFKA_MAIN_TOPIC".into(), launch.topic.into()),
+            ("PORT".into(), port.to_string()),
+            ("HOST".into(), "127.0.0.1".into()),
+        ];
+        let mut cmd = match kind {
+            Kind::Moonx => {
+                env.extend([
+                    ("KAFKA_CONSUMER_GROUP_ID".into(), group),
+                    ("GATEWAY_INSTANCE_ID".into(), "bench".into()),
+                    ("EVENT_DEAD_LETTER_QUEUE_TOPIC".into(), format!("{}.dlq", launch.topic)),
+                    ("KAFKA_AUTO_OFFSET_RESET".into(), if launch.from_beginning { "earliest" } else { "latest" }.into()),
+                    ("JWT_SECRET".into(), JWT_SECRET.into()),
+                    ("WS_MAX_CONNECTIONS".into(), "1000000".into()),
+                    ("WS_RATE_LIMIT_PER_SEC".into(), "1000".into()),
+                    ("WS_RATE_LIMIT_BURST".into(), "1000".into()),
+                    ("WS_PRESENCE_EVENTS".into(), "false".into()),
+                    ("RUST_LOG".into(), "warn,rdkafka=warn".into()),
+                ]);
+                let mut c = Command::new(&programs.moonx_bin);
+                c.arg("serve");
+                c
+            }
+            Kind::Baseline => {
+                env.extend([
+                    ("KAFKA_CONSUMER_GROUP_ID".into(), group),
+                    ("FROM_BEGINNING".into(), launch.from_beginning.to_string()),
+                ]);
+                let mut c = Command::new(&programs.node);
+                c.arg(programs.baseline_dir.join("server.js"));
+                c
+            }
+        };
+        for (k, v) in launch.env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.into(), v));
+        }
+        cmd.envs(env).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        let child = cmd.spawn().map_err(|e| anyhow::anyhow!("cannot start {}: {e}", kind.name()))?;
+        Ok(Target { kind, port, child, http: reqwest::Client::new() })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    /// Waits until the target answers `/health` as ready (consumer joined
+    /// and assigned).
+    pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let url = format!("http://127.0.0.1:{}/health", self.port);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!("{} exited during start-up ({status})", self.kind.name());
+            }
+            if let Ok(r) = self.http.get(&url).timeout(Duration::from_secs(2)).send().await {
+                let ok = r.status().is_success();
+                let body = r.text().await.unwrap_or_default();
+                let ready = match self.kind {
+                    Kind::Moonx => ok,
+                    Kind::Baseline => ok && body.contains("\"status\":\"ok\""),
+                };
+                if ready {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("{} not ready after {timeout:?}", self.kind.name());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.port);
+        Ok(self.http.get(url).timeout(Duration::from_secs(5)).send().await?.text().await?)
+    }
+
+    /// The sum of a metric's samples (all label sets).
+    pub async fn metric_sum(&self, moonx: &str, baseline: &str) -> anyhow::Result<f64> {
+        let name = match self.kind {
+            Kind::Moonx => moonx,
+            Kind::Baseline => baseline,
+        };
+        Ok(metric_sum(&self.metrics().await?, name))
+    }
+
+    pub async fn consumed(&self) -> anyhow::Result<u64> {
+        Ok(self.metric_sum("moonx_ws_events_consumed_total", "baseline_events_consumed_total").await? as u64)
+    }
+
+    pub fn sample(&self) -> anyhow::Result<procstat::ProcSample> {
+        procstat::sample(self.pid())
+    }
+
+    /// SIGTERM, then SIGKILL after 15 s.
+    pub async fn stop(mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
