@@ -79,6 +79,9 @@ struct SuiteArgs {
     /// The command line to report.
     #[arg(long, default_value = "")]
     command: String,
+    /// The source revision to report.
+    #[arg(long, default_value = "")]
+    source: String,
     /// WebSocket handshakes in flight.
     #[arg(long, default_value_t = 200)]
     concurrency: usize,
@@ -230,6 +233,7 @@ async fn run_suite(a: SuiteArgs) -> anyhow::Result<()> {
     let rep = report::Report {
         started_at_unix,
         command: a.command.clone(),
+        source: a.source.clone(),
         profile: a.profile.clone(),
         smoke: a.smoke,
         machine,

@@ -53,6 +53,7 @@ pub fn loadavg() -> String {
 pub struct Report<'a> {
     pub started_at_unix: u64,
     pub command: String,
+    pub source: String,
     pub profile: String,
     pub smoke: bool,
     pub machine: Machine,
@@ -200,7 +201,7 @@ pub fn markdown(rep: &Report<'_>) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# moonx-ws benchmark results{}\n", if rep.smoke { " (smoke: small N, numbers not meaningful)" } else { "" });
     let _ = writeln!(md, "- command: `{}`", rep.command);
-    let _ = writeln!(md, "- gateway build: {}", rep.profile);
+    let _ = writeln!(md, "- gateway build: {} profile, source {}", rep.profile, rep.source);
     let _ = writeln!(
         md,
         "- machine: {} CPUs ({}), {:.1} GiB, Linux {}, open-files limit {}; load average {} at start, {} at end",
@@ -233,8 +234,9 @@ pub fn markdown(rep: &Report<'_>) -> String {
         for run in &c.runs {
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.0}% | {:.0} | {:.2} | {:.0} |",
-                run.target.key(), fmt_rate(run.events_per_sec), run.events_per_sec / c.bare_consumer_events_per_sec * 100.0,
+                "| {}{} | {} | {:.0}% | {:.0} | {:.2} | {:.0} |",
+                run.target.key(),
+                if run.includes_startup { " (timed from process start: it did not answer /metrics earlier)" } else { "" }, fmt_rate(run.events_per_sec), run.events_per_sec / c.bare_consumer_events_per_sec * 100.0,
                 run.cpu_percent, run.cpu_us_per_event, run.rss_mib_end
             );
         }

@@ -132,6 +132,8 @@ pub struct ConsumeRun {
     pub cpu_percent: f64,
     pub cpu_us_per_event: f64,
     pub rss_mib_end: f64,
+    /// Timed from the process start (it did not answer earlier).
+    pub includes_startup: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -374,8 +376,9 @@ impl Suite {
         log(format!("consume: bare consumer {:.0} events/s", out.bare_consumer_events_per_sec));
         for &kind in &self.kinds {
             log(format!("consume: {}", kind.name()));
+            let started = Instant::now();
             let target = Target::start(kind, &self.programs, Launch { topic: t, from_beginning: true, env: vec![], tag: "consume" })?;
-            let run = self.measure_consume(&target, n, timeout).await;
+            let run = self.measure_consume(&target, n, timeout, started).await;
             target.stop().await;
             let run = run?;
             log(format!("consume: {} {:.0} events/s", kind.name(), run.events_per_sec));
@@ -384,14 +387,25 @@ impl Suite {
         Ok(out)
     }
 
-    async fn measure_consume(&self, target: &Target, n: u64, timeout: Duration) -> anyhow::Result<ConsumeRun> {
+    /// Polls `/metrics` from the first consumed record to the M-th. A target
+    /// too busy to answer until more than half was consumed (the baseline's
+    /// one thread, on a small M) is timed from its start instead (start-up
+    /// included, said in `includes_startup`).
+    async fn measure_consume(&self, target: &Target, n: u64, timeout: Duration, started: Instant) -> anyhow::Result<ConsumeRun> {
         let deadline = Instant::now() + timeout + Duration::from_secs(60);
         let mut first: Option<(Instant, u64, ProcSample)> = None;
+        let at_start = target.sample()?;
+        let mut includes_startup = false;
         loop {
             let c = target.consumed().await.unwrap_or(0);
             let now = Instant::now();
             if c > 0 && first.is_none() {
-                first = Some((now, c, target.sample()?));
+                first = Some(if c > n / 2 {
+                    includes_startup = true;
+                    (started, 0, at_start)
+                } else {
+                    (now, c, target.sample()?)
+                });
             }
             if c >= n {
                 let end = target.sample()?;
@@ -405,6 +419,7 @@ impl Suite {
                     cpu_percent: procstat::cpu_percent(&s0, &end),
                     cpu_us_per_event: procstat::cpu_seconds(&s0, &end) * 1e6 / (c - c0).max(1) as f64,
                     rss_mib_end: mib(end.rss_bytes),
+                    includes_startup,
                 });
             }
             if now > deadline {
