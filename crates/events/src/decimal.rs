@@ -31,9 +31,9 @@ impl std::fmt::Display for Decimal {
 
 impl<'de> Deserialize<'de> for Decimal {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
-        Decimal::parse(&s)
-            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a decimal string")))
+        crate::str_visitor::from_str_with(d, "a decimal string", |s| {
+            Decimal::parse(s).ok_or_else(|| format!("{s:?} is not a decimal string"))
+        })
     }
 }
 

@@ -103,7 +103,9 @@ pub fn decode_fast(bytes: &[u8], opts: &DecodeOptions<'_>) -> Option<Event> {
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return None;
     }
-    let raw: Raw<'_> = serde_json::from_slice(bytes).ok()?;
+    // One UTF-8 check of the whole record, instead of one per string.
+    let text = std::str::from_utf8(bytes).ok()?;
+    let raw: Raw<'_> = serde_json::from_str(text).ok()?;
     if !is_object(raw.data) {
         return None;
     }

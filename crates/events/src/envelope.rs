@@ -58,11 +58,12 @@ impl<T: Serialize> EventEnvelope<T> {
 }
 
 fn canonical_uuid<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Uuid, D::Error> {
-    let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
-    if !crate::validate::is_canonical_uuid(&s) {
-        return Err(serde::de::Error::custom("eventId must be a hyphenated UUID"));
-    }
-    Uuid::try_parse(&s).map_err(serde::de::Error::custom)
+    crate::str_visitor::from_str_with(d, "a hyphenated UUID", |s| {
+        if !crate::validate::is_canonical_uuid(s) {
+            return Err("eventId must be a hyphenated UUID".to_owned());
+        }
+        Uuid::try_parse(s).map_err(|e| e.to_string())
+    })
 }
 
 /// A struct that must come from a JSON object: serde's derived `Deserialize`

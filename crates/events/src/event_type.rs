@@ -126,8 +126,7 @@ impl Serialize for EventType {
 
 impl<'de> Deserialize<'de> for EventType {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let name = std::borrow::Cow::<'de, str>::deserialize(d)?;
-        Ok(EventType::parse(&name))
+        crate::str_visitor::from_str_with(d, "an event type name", |name| Ok(EventType::parse(name)))
     }
 }
 

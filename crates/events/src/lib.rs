@@ -24,6 +24,7 @@ pub mod legacy;
 pub mod partition;
 pub mod payload;
 pub mod registry;
+mod str_visitor;
 pub mod validate;
 
 pub use classification::DataClassification;
