@@ -169,13 +169,15 @@ pub fn error(code: ErrorCode, message: &str, id: &Option<Value>) -> String {
 /// The event frame, built once per event and shared by every recipient:
 /// the envelope bytes are spliced in as they are.
 pub fn event_frame(channel: Channel, envelope_json: &[u8], snapshot: bool) -> Vec<u8> {
-    let head = format!(
-        "{{\"type\":\"event\",\"channel\":\"{}\",{}\"event\":",
-        channel.as_str(),
-        if snapshot { "\"snapshot\":true," } else { "" }
-    );
-    let mut out = Vec::with_capacity(head.len() + envelope_json.len() + 1);
-    out.extend_from_slice(head.as_bytes());
+    let channel = channel.as_str().as_bytes();
+    let mut out = Vec::with_capacity(envelope_json.len() + 64);
+    out.extend_from_slice(b"{\"type\":\"event\",\"channel\":\"");
+    out.extend_from_slice(channel);
+    out.extend_from_slice(b"\",");
+    if snapshot {
+        out.extend_from_slice(b"\"snapshot\":true,");
+    }
+    out.extend_from_slice(b"\"event\":");
     out.extend_from_slice(envelope_json);
     out.push(b'}');
     out
