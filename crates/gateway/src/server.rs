@@ -206,7 +206,7 @@ impl Gateway {
         let server = tokio::spawn(async move {
             axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
         });
-        on_ready(Running { addr, publisher, hub });
+        on_ready(Running { addr, publisher, hub: hub.clone() });
 
         shutdown.cancelled().await;
         // Sessions close themselves with 1001 on the same signal; give them,
