@@ -90,11 +90,10 @@ pub fn migrate(msg: &Value, topic: Option<&str>, registry: &TypeRegistry) -> Res
     let obj = msg.as_object().ok_or(LegacyError::NotAnObject)?;
     let legacy_type = obj.get("type").and_then(Value::as_str).ok_or(LegacyError::MissingType)?;
     let event_type = map_legacy_type(legacy_type).ok_or_else(|| LegacyError::UnknownType(legacy_type.into()))?;
-    if let Some(topic) = topic.filter(|t| is_legacy_topic(t)) {
-        if legacy_topic_of(&event_type) != Some(topic) {
+    if let Some(topic) = topic.filter(|t| is_legacy_topic(t))
+        && legacy_topic_of(&event_type) != Some(topic) {
             return Err(LegacyError::WrongTopic { legacy_type: legacy_type.into(), topic: topic.into() });
         }
-    }
     let timestamp = legacy_timestamp(obj.get("timestamp").ok_or(LegacyError::MissingTimestamp)?)?;
 
     let data: Map<String, Value> = match obj.get("data") {

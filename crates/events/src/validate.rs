@@ -142,11 +142,10 @@ impl<'r> Validator<'r> {
                 format!("{t:?} is neither a built-in nor a registered event type"),
             );
         }
-        if let (Some(t), Some(d)) = (&event_type, data) {
-            if let Some(fields) = data_fields(t) {
+        if let (Some(t), Some(d)) = (&event_type, data)
+            && let Some(fields) = data_fields(t) {
                 walk_fields(d, fields, "/data", errs);
             }
-        }
 
         let facts = MetadataFacts {
             default_classification: default,
@@ -162,15 +161,14 @@ impl<'r> Validator<'r> {
     }
 
     fn check_rules(&self, f: &MetadataFacts, errs: &mut Errors) {
-        if let (Some(given), Some(min)) = (f.classification, f.default_classification) {
-            if given < min {
+        if let (Some(given), Some(min)) = (f.classification, f.default_classification)
+            && given < min {
                 errs.push(
                     "/metadata/dataClassification",
                     ErrorCode::ClassificationDowngrade,
                     format!("{given} is below this type's default {min}; it may be raised, never lowered"),
                 );
             }
-        }
         let effective = f.classification.max(f.default_classification);
         if effective.is_some_and(DataClassification::requires_owner) && f.user_id.is_none() {
             errs.push(
@@ -179,15 +177,14 @@ impl<'r> Validator<'r> {
                 "confidential and restricted events must carry the owning userId",
             );
         }
-        if let (Some(owner), Some(named)) = (f.user_id, f.data_user_id) {
-            if owner != named {
+        if let (Some(owner), Some(named)) = (f.user_id, f.data_user_id)
+            && owner != named {
                 errs.push(
                     "/data/userId",
                     ErrorCode::OwnerMismatch,
                     format!("{named:?} differs from metadata.userId {owner:?}"),
                 );
             }
-        }
         if let Some(ts) = f.timestamp {
             if ts < MIN_TIMESTAMP_MS {
                 errs.push(
@@ -195,15 +192,14 @@ impl<'r> Validator<'r> {
                     ErrorCode::Timestamp,
                     "is before 2020-01-01; it must be milliseconds since the Unix epoch",
                 );
-            } else if let Some(now) = self.now_ms {
-                if ts > now.saturating_add(MAX_FUTURE_SKEW_MS) {
+            } else if let Some(now) = self.now_ms
+                && ts > now.saturating_add(MAX_FUTURE_SKEW_MS) {
                     errs.push(
                         "/metadata/timestamp",
                         ErrorCode::Timestamp,
                         "is more than 5 minutes in the future",
                     );
                 }
-            }
         }
     }
 }

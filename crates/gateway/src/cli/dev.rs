@@ -127,7 +127,7 @@ pub async fn demo_feed(publisher: Publisher, rate: u32, stop: CancellationToken)
         let eth_price = markets[0].price;
         let mut events = vec![factory.create(price, EventOptions::default())];
         // Every ~3 s, an order of the demo user and what follows from it.
-        if n % (3 * rate as u64) == 0 {
+        if n.is_multiple_of(3 * rate as u64) {
             let id = format!("demo-order-{n}");
             let amount = 0.1 + (rng.unit() * 0.9);
             let out = amount * eth_price;
@@ -207,7 +207,7 @@ pub async fn demo_feed(publisher: Publisher, rate: u32, stop: CancellationToken)
                 ));
             }
         }
-        if n % (10 * rate as u64) == 0 {
+        if n.is_multiple_of(10 * rate as u64) {
             events.push(factory.create(
                 SystemHealthCheck { service: "demo-feed".into(), status: HealthStatus::Healthy, uptime_seconds: Some(n / rate as u64), details: None },
                 EventOptions::default(),

@@ -72,14 +72,13 @@ fn name_env_var(cmd: &clap::Command, err: clap::Error) -> clap::Error {
     let mut stack = vec![cmd];
     while let Some(c) = stack.pop() {
         for a in c.get_arguments() {
-            if a.get_long() == Some(flag.as_str()) {
-                if let Some(env) = a.get_env() {
+            if a.get_long() == Some(flag.as_str())
+                && let Some(env) = a.get_env() {
                     let env = env.to_string_lossy().into_owned();
                     if std::env::var_os(&env).is_some() {
                         found = Some(env);
                     }
                 }
-            }
         }
         stack.extend(c.get_subcommands());
     }

@@ -25,11 +25,10 @@ impl RecentIds {
             return false;
         }
         self.order.push_back(id);
-        if self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
+        if self.order.len() > self.capacity
+            && let Some(old) = self.order.pop_front() {
                 self.seen.remove(&old);
             }
-        }
         true
     }
 }

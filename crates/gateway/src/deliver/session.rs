@@ -167,9 +167,8 @@ pub async fn run(
                     Some(Ok(Message::Binary(_))) => Some(session.fail(ProtocolError::new(ErrorCode::BadRequest, "binary frames are not supported: send JSON text", None))),
                     Some(Ok(_)) => None, // ping/pong: answered by the WebSocket layer
                 };
-                if let Some(reply) = reply {
-                    if sink.send(text(reply)).await.is_err() { break Exit::ClientClosed; }
-                }
+                if let Some(reply) = reply
+                    && sink.send(text(reply)).await.is_err() { break Exit::ClientClosed; }
                 if let Some((ch, tokens)) = session.pending_subscription.take() {
                     hub.subscribe(session.id, ch, tokens.as_deref());
                 }

@@ -149,13 +149,12 @@ async fn websocket(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
-        if !origin_allowed(&app.allowed_origins, origin) {
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok())
+        && !origin_allowed(&app.allowed_origins, origin) {
             app.metrics.connections_rejected.with_label_values(&["origin"]).inc();
             tracing::warn!(origin, "WebSocket upgrade refused: origin not in ALLOWED_ORIGINS");
             return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
         }
-    }
     if app.hub.connection_count() >= app.hub.max_connections() {
         app.metrics.connections_rejected.with_label_values(&["max_connections"]).inc();
         return (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached").into_response();

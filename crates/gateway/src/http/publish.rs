@@ -42,11 +42,10 @@ impl PublishedIds {
     fn insert(&mut self, id: uuid::Uuid, d: Delivered) {
         if self.map.insert(id, d).is_none() {
             self.order.push_back(id);
-            if self.order.len() > IDEMPOTENCY_WINDOW {
-                if let Some(old) = self.order.pop_front() {
+            if self.order.len() > IDEMPOTENCY_WINDOW
+                && let Some(old) = self.order.pop_front() {
                     self.map.remove(&old);
                 }
-            }
         }
     }
 }
