@@ -130,8 +130,11 @@ pub fn targets(r: &Results) -> Vec<Target> {
         out.push(Target {
             scenario: "c fan-out".into(),
             target: "≥ 2,000,000 frames/s".into(),
-            measured: format!("{} frames/s to {} clients (end to end, load tool on the same 2 cores)", fmt_rate(f.max_delivered_frames_per_sec), f.clients_open),
-            met: Some(f.max_delivered_frames_per_sec >= 2e6),
+            measured: format!(
+                "{} frames/s sustained to {} clients (peak {}; end to end, the load tool on the same CPUs)",
+                fmt_rate(f.sustained_frames_per_sec), f.clients_open, fmt_rate(f.max_delivered_frames_per_sec)
+            ),
+            met: Some(f.sustained_frames_per_sec >= 2e6),
         });
     }
     if let Some(h) = r.hot_path.as_ref().and_then(|h| h.moonx.iter().find(|m| m.name.starts_with("fanout/"))) {

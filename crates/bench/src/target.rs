@@ -58,8 +58,20 @@ pub struct Target {
     http: reqwest::Client,
 }
 
+/// A free port below the ephemeral range (32768–60999 by default), so that
+/// none of the load tool's thousands of client sockets can hold it.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let p: u16 = rng.random_range(20_000..32_000);
+        let v4 = std::net::TcpListener::bind(("0.0.0.0", p));
+        let v6 = std::net::TcpListener::bind(("::", p));
+        if v4.is_ok() && v6.is_ok() {
+            return p;
+        }
+    }
+    0
 }
 
 impl Target {
