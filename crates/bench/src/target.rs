@@ -66,12 +66,13 @@ fn free_port() -> u16 {
     for _ in 0..1000 {
         let p: u16 = rng.random_range(20_000..32_000);
         let v4 = std::net::TcpListener::bind(("0.0.0.0", p));
-        let v6 = std::net::TcpListener::bind(("::", p));
-        if v4.is_ok() && v6.is_ok() {
+        // Node listens on `::` where IPv6 is on; a machine without IPv6 answers otherwise.
+        let v6_taken = matches!(std::net::TcpListener::bind(("::", p)), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse);
+        if v4.is_ok() && !v6_taken {
             return p;
         }
     }
-    0
+    panic!("no free port in 20000..32000");
 }
 
 impl Target {
