@@ -65,10 +65,12 @@ fn free_port() -> u16 {
     let mut rng = rand::rng();
     for _ in 0..1000 {
         let p: u16 = rng.random_range(20_000..32_000);
-        let v4 = std::net::TcpListener::bind(("0.0.0.0", p));
-        // Node listens on `::` where IPv6 is on; a machine without IPv6 answers otherwise.
-        let v6_taken = matches!(std::net::TcpListener::bind(("::", p)), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse);
-        if v4.is_ok() && !v6_taken {
+        let v4_free = std::net::TcpListener::bind(("0.0.0.0", p)).is_ok();
+        // Node listens on `::` where IPv6 is on (checked after the v4 socket
+        // is closed: a dual-stack socket would collide with it).
+        let v6_taken = v4_free
+            && matches!(std::net::TcpListener::bind(("::", p)), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse);
+        if v4_free && !v6_taken {
             return p;
         }
     }
