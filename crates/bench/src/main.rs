@@ -45,6 +45,31 @@ enum Cmd {
     Suite(SuiteArgs),
     /// Produces events (price.updated and user events) to a topic.
     Produce(ProduceArgs),
+    /// Opens N WebSocket clients subscribed to channels, holds them, and
+    /// reports the frames they received and their latency.
+    Connect(ConnectArgs),
+}
+
+#[derive(Parser)]
+struct ConnectArgs {
+    /// Gateway address.
+    #[arg(long, default_value = "127.0.0.1:3008")]
+    addr: std::net::SocketAddr,
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Channels to subscribe to.
+    #[arg(long, value_delimiter = ',', default_value = "prices")]
+    channels: Vec<String>,
+    /// Authenticate client i as user-i with a JWT signed with this secret
+    /// (moonx-ws), or pass ?userId=user-i (`--user-query`, the baseline).
+    #[arg(long)]
+    jwt_secret: Option<String>,
+    #[arg(long)]
+    user_query: bool,
+    #[arg(long, default_value_t = 10.0)]
+    hold_secs: f64,
+    #[arg(long, default_value_t = 200)]
+    concurrency: usize,
 }
 
 #[derive(Parser)]
@@ -131,6 +156,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.cmd {
         Cmd::Suite(a) => rt.block_on(run_suite(a)),
+        Cmd::Connect(a) => rt.block_on(connect(a)),
         Cmd::Produce(a) => {
             let mix = events::Mix { price_share: a.price_share, users: a.users, hot_share: 0.0 };
             if a.rate <= 0.0 {
@@ -151,6 +177,36 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn connect(a: ConnectArgs) -> anyhow::Result<()> {
+    let url = format!("ws://{}/ws", a.addr);
+    let subscribe = std::sync::Arc::new(
+        a.channels.iter().map(|c| format!(r#"{{"type":"subscribe","channel":"{c}"}}"#)).collect::<Vec<_>>(),
+    );
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + 86_400;
+    let specs = (0..a.clients)
+        .map(|i| {
+            let url = match (&a.jwt_secret, a.user_query) {
+                (Some(secret), _) => {
+                    let claims = moonx_ws::deliver::auth::Claims { sub: events::user_id(i), roles: vec![], exp };
+                    format!("{url}?token={}", moonx_ws::deliver::auth::sign(secret, &claims))
+                }
+                (None, true) => format!("{url}?userId={}", events::user_id(i)),
+                (None, false) => url.clone(),
+            };
+            clients::ClientSpec { url, subscribe: subscribe.clone() }
+        })
+        .collect();
+    let recorder = std::sync::Arc::new(stats::LatencyRecorder::new());
+    recorder.set_recording(true);
+    let c = clients::open(a.addr, specs, 0, a.concurrency, recorder.clone()).await;
+    eprintln!("{} of {} clients connected and subscribed{}", c.opened, a.clients, if c.failures.is_empty() { String::new() } else { format!("; failures: {:?}", c.failures) });
+    tokio::time::sleep(std::time::Duration::from_secs_f64(a.hold_secs)).await;
+    let s = recorder.summary();
+    println!("{}", serde_json::to_string_pretty(&s)?);
+    c.close().await;
+    Ok(())
 }
 
 async fn run_suite(a: SuiteArgs) -> anyhow::Result<()> {

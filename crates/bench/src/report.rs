@@ -167,6 +167,13 @@ pub fn targets(r: &Results) -> Vec<Target> {
     out
 }
 
+fn le_pair(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) => format!("{a} / {b}"),
+        _ => "–".into(),
+    }
+}
+
 fn delivery_table(md: &mut String, title: &str, runs: &[Delivery]) {
     if runs.is_empty() {
         return;
@@ -185,15 +192,16 @@ fn delivery_table(md: &mut String, title: &str, runs: &[Delivery]) {
         );
     }
     let _ = writeln!(md, "\nLatency from `metadata.timestamp` (whole milliseconds, so each value carries 0–1 ms of rounding, the floor alike). With the µs production instant carried in `correlationId`:\n");
-    let _ = writeln!(md, "| system | p50 ms | p99 ms | p99.9 ms | floor p50 ms | floor p99 ms | floor p99.9 ms | frames received / produced in window |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "| system | p50 ms | p99 ms | p99.9 ms | floor p50 ms | floor p99 ms | floor p99.9 ms | frames received / produced in window | gateway's own histogram (to frame written): p50 / p99 ≤ ms | load tool CPU % |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
     for d in runs {
         let l = &d.latency.latency_precise;
         let f = &d.kafka_floor.latency_precise;
         let _ = writeln!(
             md,
-            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} / {} |",
-            d.target.key(), l.p50_ms, l.p99_ms, l.p999_ms, f.p50_ms, f.p99_ms, f.p999_ms, d.delivered_frames, d.produced_in_window
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} / {} | {} | {:.0} |",
+            d.target.key(), l.p50_ms, l.p99_ms, l.p999_ms, f.p50_ms, f.p99_ms, f.p999_ms, d.delivered_frames, d.produced_in_window,
+            le_pair(d.gateway_written_p50_le_ms, d.gateway_written_p99_le_ms), d.tool_cpu_percent
         );
     }
 }
@@ -245,14 +253,15 @@ pub fn markdown(rep: &Report<'_>) -> String {
         }
     }
     if !r.fanout.is_empty() {
-        let _ = writeln!(md, "\n## c. Fan-out: one price stream to N subscribers\n\n| system | clients | events/s | offered frames/s | delivered frames/s | delivered | p99 ms | gateway CPU % | load tool CPU % | RSS MiB | closed |\n|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "\n## c. Fan-out: one price stream to N subscribers\n\n| system | clients | events/s | offered frames/s | delivered frames/s | delivered | p50 ms | p99 ms | gateway's own p50 / p99 ≤ ms | gateway CPU % | load tool CPU % | RSS MiB | closed |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for f in &r.fanout {
             for s in &f.steps {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {} | {} | {:.0}% | {:.1} | {:.0} | {:.0} | {:.0} | {} |",
+                    "| {} | {} | {} | {} | {} | {:.0}% | {:.1} | {:.1} | {} | {:.0} | {:.0} | {:.0} | {} |",
                     f.target.key(), f.clients_open, s.events_per_sec, fmt_rate(s.offered_frames_per_sec), fmt_rate(s.delivered_frames_per_sec),
-                    s.delivered_ratio * 100.0, s.latency.p99_ms, s.cpu_percent, s.tool_cpu_percent, s.rss_mib, s.clients_closed
+                    s.delivered_ratio * 100.0, s.latency.p50_ms, s.latency.p99_ms, le_pair(s.gateway_written_p50_le_ms, s.gateway_written_p99_le_ms),
+                    s.cpu_percent, s.tool_cpu_percent, s.rss_mib, s.clients_closed
                 );
             }
             if let Some(n) = &f.note {

@@ -157,6 +157,9 @@ pub struct FanoutStep {
     pub delivered_frames_per_sec: f64,
     pub delivered_ratio: f64,
     pub latency: Percentiles,
+    /// moonx-ws only: its own histogram (timestamp → frame written), ms.
+    pub gateway_written_p50_le_ms: Option<f64>,
+    pub gateway_written_p99_le_ms: Option<f64>,
     pub cpu_percent: f64,
     pub tool_cpu_percent: f64,
     pub rss_mib: f64,
@@ -176,6 +179,10 @@ pub struct Delivery {
     pub latency: Summary,
     /// The bare consumer's produce→receive latency in the same run.
     pub kafka_floor: Summary,
+    /// moonx-ws only: its own histogram (event timestamp → frame written),
+    /// p50 and p99 as the upper bounds of their buckets, ms.
+    pub gateway_written_p50_le_ms: Option<f64>,
+    pub gateway_written_p99_le_ms: Option<f64>,
     pub cpu_percent: f64,
     pub tool_cpu_percent: f64,
     pub rss_mib: f64,
@@ -477,10 +484,13 @@ impl Suite {
                 let producer = RateProducer::start(&self.programs.brokers, &t, rate, Mix::prices(), rate as u64);
                 tokio::time::sleep(Duration::from_secs_f64(s.warmup_secs)).await;
                 let (a, ta) = (target.sample()?, self_sample());
+                let h0 = target.metrics().await.map(|t| crate::target::written_latency_buckets(&t)).unwrap_or_default();
                 recorder.set_recording(true);
                 tokio::time::sleep(Duration::from_secs_f64(s.measure_secs)).await;
                 recorder.set_recording(false);
                 let (b, tb) = (target.sample()?, self_sample());
+                let h1 = target.metrics().await.map(|t| crate::target::written_latency_buckets(&t)).unwrap_or_default();
+                let written = crate::target::written_latency_quantiles(&h0, &h1, &[0.5, 0.99]);
                 producer.finish()?;
                 let sum = recorder.summary();
                 let secs = b.at.duration_since(a.at).as_secs_f64();
@@ -494,6 +504,8 @@ impl Suite {
                     delivered_frames_per_sec: delivered,
                     delivered_ratio: delivered / offered.max(1e-9),
                     latency: sum.latency,
+                    gateway_written_p50_le_ms: written[0],
+                    gateway_written_p99_le_ms: written[1],
                     cpu_percent: procstat::cpu_percent(&a, &b),
                     tool_cpu_percent: cpu(&ta, &tb),
                     rss_mib: mib(b.rss_bytes),
@@ -543,12 +555,15 @@ impl Suite {
             let producer = RateProducer::start(&self.programs.brokers, &t, rate, mix, 42);
             tokio::time::sleep(Duration::from_secs_f64(s.warmup_secs)).await;
             let (a, ta, p0) = (target.sample()?, self_sample(), producer.produced());
+            let h0 = target.metrics().await.map(|t| crate::target::written_latency_buckets(&t)).unwrap_or_default();
             recorder.set_recording(true);
             floor.recorder.set_recording(true);
             tokio::time::sleep(Duration::from_secs_f64(s.measure_secs)).await;
             recorder.set_recording(false);
             floor.recorder.set_recording(false);
             let (b, tb, p1) = (target.sample()?, self_sample(), producer.produced());
+            let h1 = target.metrics().await.map(|t| crate::target::written_latency_buckets(&t)).unwrap_or_default();
+            let written = crate::target::written_latency_quantiles(&h0, &h1, &[0.5, 0.99]);
             producer.finish()?;
             let floor = floor.finish();
             let sum = recorder.summary();
@@ -564,6 +579,8 @@ impl Suite {
                 clients_closed: clients.closed.load(Ordering::Relaxed),
                 latency: sum,
                 kafka_floor: floor,
+                gateway_written_p50_le_ms: written[0],
+                gateway_written_p99_le_ms: written[1],
                 cpu_percent: procstat::cpu_percent(&a, &b),
                 tool_cpu_percent: cpu(&ta, &tb),
                 rss_mib: mib(b.rss_bytes),

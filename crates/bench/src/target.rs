@@ -214,3 +214,38 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
 }
+
+/// moonx-ws's own `end_to_end_latency_seconds` histogram (event timestamp →
+/// frame written to the socket), summed over channels: (upper bound in
+/// seconds, cumulative count).
+pub fn written_latency_buckets(text: &str) -> Vec<(f64, f64)> {
+    let mut by_le: std::collections::BTreeMap<u64, (f64, f64)> = std::collections::BTreeMap::new();
+    for l in text.lines().filter(|l| l.starts_with("moonx_ws_end_to_end_latency_seconds_bucket{")) {
+        let Some(le) = l.split("le=\"").nth(1).and_then(|r| r.split('"').next()) else { continue };
+        let le: f64 = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::NAN) };
+        let v: f64 = l.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        let e = by_le.entry(le.to_bits()).or_insert((le, 0.0));
+        e.1 += v;
+    }
+    let mut v: Vec<(f64, f64)> = by_le.into_values().collect();
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    v
+}
+
+/// Quantiles (as bucket upper bounds, in ms) of the difference of two
+/// scrapes of [`written_latency_buckets`].
+pub fn written_latency_quantiles(before: &[(f64, f64)], after: &[(f64, f64)], qs: &[f64]) -> Vec<Option<f64>> {
+    let delta: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, c)| (*le, c - before.iter().find(|(l, _)| l == le).map_or(0.0, |(_, b)| *b)))
+        .collect();
+    let total = delta.last().map_or(0.0, |d| d.1);
+    qs.iter()
+        .map(|q| {
+            if total <= 0.0 {
+                return None;
+            }
+            delta.iter().find(|(_, c)| *c >= q * total).map(|(le, _)| le * 1000.0)
+        })
+        .collect()
+}
