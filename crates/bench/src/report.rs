@@ -269,7 +269,14 @@ pub fn markdown(rep: &Report<'_>) -> String {
             }
         }
     }
-    delivery_table(&mut md, "d. Latency: 1% price events to every client, 99% user events to their owner", &r.latency);
+    delivery_table(
+        &mut md,
+        &format!(
+            "d. Latency: {}% price events to every client, the rest user events to their owner",
+            rep.scale.latency_price_share * 100.0
+        ),
+        &r.latency,
+    );
     if !r.memory.is_empty() {
         let _ = writeln!(md, "\n## e. Memory per idle connection (subscribed to prices)\n\n| system | connections | RSS before MiB | RSS after MiB | bytes per connection |\n|---|---|---|---|---|");
         for m in &r.memory {

@@ -42,7 +42,7 @@ impl Scale {
             fanout_rates: vec![10.0, 25.0, 50.0, 100.0, 200.0, 400.0],
             latency_clients: 1_000,
             latency_rate: 10_000.0,
-            latency_price_share: 0.01,
+            latency_price_share: 0.001,
             memory_levels: vec![10_000, 50_000],
             private_users: 10_000,
             private_rate: 10_000.0,
