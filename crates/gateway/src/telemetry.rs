@@ -18,6 +18,33 @@ pub fn init_logging() {
     let _ = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
 }
 
+/// A clock read once per 10 ms by a background thread, for checks that
+/// need "now" to the second, not the microsecond (token expiry, the
+/// future-timestamp check). On this kind of VM a `clock_gettime` costs
+/// as much as decoding a field, and the hot path would read it per record.
+pub mod coarse_clock {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Once;
+
+    static NOW_MS: AtomicU64 = AtomicU64::new(0);
+    static START: Once = Once::new();
+
+    /// Milliseconds since the epoch, at most ~10 ms old.
+    pub fn now_ms() -> u64 {
+        START.call_once(|| {
+            NOW_MS.store(moonx_events::validate::now_ms(), Ordering::Relaxed);
+            std::thread::Builder::new()
+                .name("coarse-clock".into())
+                .spawn(|| loop {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    NOW_MS.store(moonx_events::validate::now_ms(), Ordering::Relaxed);
+                })
+                .expect("spawn the coarse clock");
+        });
+        NOW_MS.load(Ordering::Relaxed)
+    }
+}
+
 /// All the gateway's series, registered in one registry.
 pub struct Metrics {
     pub registry: Registry,

@@ -306,7 +306,7 @@ impl Hub {
             EventData::PriceUpdated(p) => Some((p.token.as_str(), p.chain_id)),
             _ => None,
         };
-        let now_ms = moonx_events::validate::now_ms();
+        let now_ms = crate::telemetry::coarse_clock::now_ms();
         let metrics = &self.inner.metrics;
         let mut st = self.state();
         if let (Some((token, chain)), Audience::Everyone) = (price_token, &route.audience) {

@@ -215,9 +215,11 @@ impl Session {
     ) -> Result<(), axum::Error> {
         let mut pending = Some(first);
         let mut fed = 0;
+        // One clock read per batch: the frames of a batch are written together.
+        let now_ms = moonx_events::validate::now_ms();
         while let Some(out) = pending.take() {
             if self.recent.first_time(out.event_id) {
-                let lag_ms = moonx_events::validate::now_ms().saturating_sub(out.timestamp_ms);
+                let lag_ms = now_ms.saturating_sub(out.timestamp_ms);
                 self.latency[out.channel as usize].observe(lag_ms as f64 / 1000.0);
                 sink.feed(Message::Text(out.frame)).await?;
                 fed += 1;

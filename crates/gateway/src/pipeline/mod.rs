@@ -122,13 +122,16 @@ impl Pipeline {
 
     /// Decodes, validates and routes one record.
     pub async fn process(&self, record: &Record<'_>) -> Outcome {
-        let started = Instant::now();
+        // Timing every record would cost two clock reads per record: sample 1 in 64.
+        let started = (record.offset % 64 == 0).then(Instant::now);
         self.metrics.events_consumed.with_label_values(&[record.topic]).inc();
         let outcome = match self.decode(record) {
             Ok((event, original)) => self.route(record, &event, original).await,
             Err(failure) => Outcome::Failed(failure),
         };
-        self.metrics.pipeline_seconds.observe(started.elapsed().as_secs_f64());
+        if let Some(started) = started {
+            self.metrics.pipeline_seconds.observe(started.elapsed().as_secs_f64());
+        }
         if let Outcome::Failed(f) = &outcome {
             let event_type = f.event_type.as_deref().unwrap_or("unknown");
             self.metrics.events_failed.with_label_values(&[event_type, f.reason.as_str()]).inc();
@@ -147,7 +150,12 @@ impl Pipeline {
         let Some(payload) = record.payload else {
             return Err(Failure::new(FailureReason::EmptyRecord, "the record has no value"));
         };
-        let options = DecodeOptions { validate: self.options.validate, ..DecodeOptions::new(&self.registry).topic(record.topic) };
+        let options = DecodeOptions {
+            registry: &self.registry,
+            validate: self.options.validate,
+            now_ms: Some(crate::telemetry::coarse_clock::now_ms()),
+            topic: Some(record.topic),
+        };
         match decode_event(payload, &options) {
             Ok(event) => {
                 let original = event.metadata.migrated_from.is_none();

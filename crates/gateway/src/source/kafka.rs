@@ -4,11 +4,14 @@
 //! Delivery semantics: **at least once**.
 //!
 //! * `enable.auto.offset.store=false`: librdkafka never marks a record done
-//!   by itself. This loop stores a record's offset (`store_offset_from_message`)
-//!   only after the pipeline has *routed* it to the hub, or after its dead
-//!   letter was acknowledged by the DLQ topic (`acks=all`). If the DLQ
-//!   cannot be written, the loop retries and does not move on, so no later
-//!   offset can be stored past the failed one.
+//!   by itself. This loop stores a record's offset only after the pipeline
+//!   has *routed* it to the hub, or after its dead letter was acknowledged by
+//!   the DLQ topic (`acks=all`). If the DLQ cannot be written, the loop
+//!   retries and does not move on, so no later offset can be stored past the
+//!   failed one. Stores are batched (`PendingOffsets`): the latest processed
+//!   offset per partition is handed to librdkafka every 512 records, every
+//!   100 ms, and before the final commit; a crash re-delivers at most that
+//!   much more, never less.
 //! * `enable.auto.commit=true` (every second) commits only *stored* offsets;
 //!   we also commit them synchronously when partitions are revoked and on
 //!   shutdown.
@@ -173,6 +176,37 @@ pub async fn run(
     }
 }
 
+/// Processed offsets not yet handed to librdkafka: the latest per partition.
+/// (`rd_kafka_offset_store` takes locks and checks the assignment; once per
+/// record it cost more than the pipeline itself.)
+#[derive(Default)]
+struct PendingOffsets {
+    latest: Vec<(String, i32, i64)>,
+    since_flush: usize,
+}
+
+impl PendingOffsets {
+    const FLUSH_EVERY: usize = 512;
+
+    fn record(&mut self, topic: &str, partition: i32, offset: i64) {
+        match self.latest.iter_mut().find(|(t, p, _)| *p == partition && t == topic) {
+            Some(entry) => entry.2 = offset,
+            None => self.latest.push((topic.to_owned(), partition, offset)),
+        }
+        self.since_flush += 1;
+    }
+
+    fn flush(&mut self, consumer: &GatewayConsumer) {
+        for (topic, partition, offset) in self.latest.drain(..) {
+            if let Err(e) = consumer.store_offset(&topic, partition, offset) {
+                // The partition was revoked meanwhile; its new owner will redo the records.
+                tracing::warn!(topic, partition, offset, "offset not stored: {e}");
+            }
+        }
+        self.since_flush = 0;
+    }
+}
+
 /// The consume loop of one consumer; returns on shutdown or a fatal error.
 async fn consume(
     consumer: &GatewayConsumer,
@@ -183,9 +217,16 @@ async fn consume(
     shutdown: &CancellationToken,
 ) {
     let metrics = pipeline.metrics();
+    let mut pending = PendingOffsets::default();
+    let mut flush_tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let message = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
+            _ = flush_tick.tick(), if !pending.latest.is_empty() => {
+                pending.flush(consumer);
+                continue;
+            }
             m = consumer.recv() => m,
         };
         let message = match message {
@@ -193,7 +234,7 @@ async fn consume(
             Err(e) => {
                 if let Some(fatal) = consumer.client().fatal_error() {
                     tracing::error!("fatal consumer error, recreating the consumer: {fatal:?}");
-                    return;
+                    break;
                 }
                 tracing::warn!("consumer error: {e}");
                 continue;
@@ -210,18 +251,20 @@ async fn consume(
         if let Outcome::Failed(failure) = pipeline.process(&record).await {
             let letter = DeadLetter::new(&record, headers_of(&message), failure, instance);
             if !dead_letters.write(&letter, metrics, &status.dlq, shutdown).await {
-                return; // shutting down with the dead letter unwritten: keep the offset unstored
+                break; // shutting down with the dead letter unwritten: keep its offset unstored
             }
         }
-        if let Err(e) = consumer.store_offset_from_message(&message) {
-            // Happens when the partition was revoked meanwhile; its new owner will redo it.
-            tracing::warn!(partition = record.partition, offset = record.offset, "offset not stored: {e}");
-        }
+        pending.record(record.topic, record.partition, record.offset);
         drop(message);
+        if pending.since_flush >= PendingOffsets::FLUSH_EVERY {
+            pending.flush(consumer);
+        }
         // librdkafka's queue is not a tokio resource, so a backlog would never
         // make this loop yield: give the sessions writing frames their turn.
         tokio::task::consume_budget().await;
     }
+    // Everything recorded was processed; the caller commits right after.
+    pending.flush(consumer);
 }
 
 fn headers_of(message: &BorrowedMessage<'_>) -> Vec<(String, Option<Vec<u8>>)> {
