@@ -23,9 +23,12 @@ use tokio_util::sync::CancellationToken;
 
 pub type ConnId = u64;
 
-/// A frame on its way to one connection (the bytes are shared).
+/// A frame on its way to connections: built once per event and shared by
+/// every recipient's queue (an `Arc`, so a queue slot is one pointer).
+pub type Outbound = Arc<Frame>;
+
 #[derive(Debug, Clone)]
-pub struct Outbound {
+pub struct Frame {
     pub event_id: u128,
     pub timestamp_ms: u64,
     pub channel: Channel,
@@ -255,7 +258,10 @@ impl Hub {
                         continue;
                     }
                     for live in chains.values() {
-                        let snapshot = Outbound { frame: utf8(super::protocol::snapshot_of(live.frame.as_bytes())), ..live.clone() };
+                        let snapshot = Arc::new(Frame {
+                            frame: utf8(super::protocol::snapshot_of(live.frame.as_bytes())),
+                            ..Frame::clone(live)
+                        });
                         if conn.tx.try_send(snapshot).is_ok() {
                             queued += 1;
                         }
@@ -296,12 +302,12 @@ impl Hub {
                 &owned
             }
         };
-        let out = Outbound {
+        let out = Arc::new(Frame {
             event_id: event.metadata.event_id.as_u128(),
             timestamp_ms: event.metadata.timestamp,
             channel: route.channel,
             frame: utf8(super::protocol::event_frame(route.channel, envelope, false)),
-        };
+        });
         let price_token = match &event.data {
             EventData::PriceUpdated(p) => Some((p.token.as_str(), p.chain_id)),
             _ => None,

@@ -221,7 +221,7 @@ impl Session {
             if self.recent.first_time(out.event_id) {
                 let lag_ms = now_ms.saturating_sub(out.timestamp_ms);
                 self.latency[out.channel as usize].observe(lag_ms as f64 / 1000.0);
-                sink.feed(Message::Text(out.frame)).await?;
+                sink.feed(Message::Text(out.frame.clone())).await?;
                 fed += 1;
             } else {
                 self.hub.metrics().duplicates_suppressed.inc();

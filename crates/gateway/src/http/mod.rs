@@ -170,7 +170,7 @@ async fn websocket(
     // per-connection memory. Frames above the hard cap end the connection;
     // those between the limit and the cap get an error frame.
     let hard_cap = (app.limits.max_frame_bytes * 4).max(64 * 1024);
-    ws.read_buffer_size(4 * 1024)
+    ws.read_buffer_size(2 * 1024)
         .write_buffer_size(8 * 1024)
         .max_write_buffer_size(256 * 1024)
         .max_message_size(hard_cap)
