@@ -57,15 +57,15 @@ impl Scale {
             consume_events: 20_000,
             consume_compression: "gzip".into(),
             fanout_clients: 200,
-            fanout_rates: vec![50.0, 200.0],
+            fanout_rates: vec![100.0],
             latency_clients: 100,
             latency_rate: 1_000.0,
             latency_price_share: 0.01,
             memory_levels: vec![500],
             private_users: 200,
             private_rate: 500.0,
-            warmup_secs: 1.0,
-            measure_secs: 2.0,
+            warmup_secs: 0.5,
+            measure_secs: 1.5,
             node_hotpath_iterations: 100_000,
         }
     }
