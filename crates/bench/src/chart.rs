@@ -86,13 +86,16 @@ pub fn bars(path: &Path, title: &str, unit: &str, bars: &[(String, f64, usize)])
     Ok(())
 }
 
+/// One line of a chart: name, points, color index.
+pub type Series = (String, Vec<(f64, f64)>, usize);
+
 /// Lines: (name, points, color index); optional log scale on y.
 pub fn lines(
     path: &Path,
     title: &str,
     x_desc: &str,
     y_desc: &str,
-    series: &[(String, Vec<(f64, f64)>, usize)],
+    series: &[Series],
     log_y: bool,
     x_fmt: Option<&dyn Fn(f64) -> String>,
 ) -> anyhow::Result<()> {

@@ -160,12 +160,11 @@ pub fn floor_consumer(
             }
             ready.store(true, Ordering::Relaxed);
         }
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
-            if let Some(p) = m.payload() {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(50))
+            && let Some(p) = m.payload() {
                 let (ts, precise) = latencies_us(p, unix_micros());
                 recorder.record(0, ts, precise);
             }
-        }
     }
     Ok(())
 }

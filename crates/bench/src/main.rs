@@ -42,7 +42,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Runs the scenarios against moonx-ws and the Node.js baseline.
-    Suite(SuiteArgs),
+    Suite(Box<SuiteArgs>),
     /// Produces events (price.updated and user events) to a topic.
     Produce(ProduceArgs),
     /// Opens N WebSocket clients subscribed to channels, holds them, and
@@ -155,7 +155,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.cmd {
-        Cmd::Suite(a) => rt.block_on(run_suite(a)),
+        Cmd::Suite(a) => rt.block_on(run_suite(*a)),
         Cmd::Connect(a) => rt.block_on(connect(a)),
         Cmd::Produce(a) => {
             let mix = events::Mix { price_share: a.price_share, users: a.users, hot_share: 0.0 };
@@ -258,32 +258,28 @@ async fn run_suite(a: SuiteArgs) -> anyhow::Result<()> {
         r.consume = attempt!("b consume", suite.consume().await);
     }
     for &k in &kinds {
-        if on("c") {
-            if let Some(v) = attempt!(format!("c fan-out {}", k.key()), suite.fanout(k).await) {
+        if on("c")
+            && let Some(v) = attempt!(format!("c fan-out {}", k.key()), suite.fanout(k).await) {
                 r.fanout.push(v);
             }
-        }
     }
     for &k in &kinds {
-        if on("d") {
-            if let Some(v) = attempt!(format!("d latency {}", k.key()), suite.latency(k).await) {
+        if on("d")
+            && let Some(v) = attempt!(format!("d latency {}", k.key()), suite.latency(k).await) {
                 r.latency.push(v);
             }
-        }
     }
     for &k in &kinds {
-        if on("e") {
-            if let Some(v) = attempt!(format!("e memory {}", k.key()), suite.memory(k).await) {
+        if on("e")
+            && let Some(v) = attempt!(format!("e memory {}", k.key()), suite.memory(k).await) {
                 r.memory.push(v);
             }
-        }
     }
     for &k in &kinds {
-        if on("f") {
-            if let Some(v) = attempt!(format!("f private {}", k.key()), suite.private(k).await) {
+        if on("f")
+            && let Some(v) = attempt!(format!("f private {}", k.key()), suite.private(k).await) {
                 r.private.push(v);
             }
-        }
     }
     machine.load_average_end = report::loadavg();
     let rep = report::Report {

@@ -87,8 +87,8 @@ fn yes(b: bool) -> &'static str {
 
 pub fn targets(r: &Results) -> Vec<Target> {
     let mut out = Vec::new();
-    if let Some(h) = &r.hot_path {
-        if let Some(p) = h.moonx.iter().find(|m| m.name == "pipeline/price_updated_387B") {
+    if let Some(h) = &r.hot_path
+        && let Some(p) = h.moonx.iter().find(|m| m.name == "pipeline/price_updated_387B") {
             out.push(Target {
                 scenario: "a hot path".into(),
                 target: "≥ 2,000,000 events/s per core".into(),
@@ -105,9 +105,8 @@ pub fn targets(r: &Results) -> Vec<Target> {
                 });
             }
         }
-    }
-    if let Some(c) = &r.consume {
-        if let Some(m) = c.runs.iter().find(|r| r.target == Kind::Moonx) {
+    if let Some(c) = &r.consume
+        && let Some(m) = c.runs.iter().find(|r| r.target == Kind::Moonx) {
             let of_bare = m.events_per_sec / c.bare_consumer_events_per_sec;
             out.push(Target {
                 scenario: "b consume".into(),
@@ -125,7 +124,6 @@ pub fn targets(r: &Results) -> Vec<Target> {
                 });
             }
         }
-    }
     if let Some(f) = r.fanout.iter().find(|f| f.target == Kind::Moonx) {
         out.push(Target {
             scenario: "c fan-out".into(),
