@@ -95,7 +95,7 @@ pub fn decode_fast(bytes: &[u8], opts: &DecodeOptions<'_>) -> Option<Event> {
     // Legacy records are migrated on the slow path. `null` anywhere (even in
     // a string, harmlessly) also goes there: the model refuses explicit nulls
     // where typed `Option`s would quietly accept them.
-    if opts.topic.is_some_and(legacy::is_legacy_topic) || contains(bytes, b"null") {
+    if opts.topic.is_some_and(legacy::is_legacy_topic) || contains_null(bytes) {
         return None;
     }
     // serde accepts a JSON array for a struct; the contract wants objects.
@@ -116,8 +116,10 @@ pub fn decode_fast(bytes: &[u8], opts: &DecodeOptions<'_>) -> Option<Event> {
     accepted.then_some(event)
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(haystack, needle).is_some()
+fn contains_null(haystack: &[u8]) -> bool {
+    static NULL: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"null"));
+    NULL.find(haystack).is_some()
 }
 
 /// The `Value`-based decode: migration, the full walker, every error.

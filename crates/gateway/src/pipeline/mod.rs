@@ -13,7 +13,7 @@ use crate::deliver::Hub;
 use crate::source::Record;
 use crate::telemetry::Metrics;
 use moonx_events::decode::{decode_event, DecodeOptions};
-use moonx_events::{DecodeError, Event, TypeRegistry, ValidationErrors};
+use moonx_events::{DecodeError, Event, EventType, TypeRegistry, ValidationErrors};
 use router::{HandlerError, Router};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,6 +97,9 @@ impl Default for PipelineOptions {
 }
 
 pub struct Pipeline {
+    /// `events_processed_total` of each built-in type, resolved once
+    /// (a label lookup per event hashes the label strings).
+    processed_built_in: Vec<prometheus::IntCounter>,
     registry: TypeRegistry,
     router: Router,
     hub: Hub,
@@ -113,7 +116,9 @@ impl Pipeline {
         options: PipelineOptions,
         audit: Option<audit::AuditLog>,
     ) -> Self {
-        Pipeline { registry: router.registry().clone(), router, hub, metrics, options, audit }
+        let processed_built_in =
+            EventType::BUILT_IN.iter().map(|t| metrics.events_processed.with_label_values(&[t.as_str()])).collect();
+        Pipeline { processed_built_in, registry: router.registry().clone(), router, hub, metrics, options, audit }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -212,7 +217,10 @@ impl Pipeline {
             }
             self.hub.publish(route, event, payload);
         }
-        self.metrics.events_processed.with_label_values(&[event.metadata.event_type.as_str()]).inc();
+        match EventType::BUILT_IN.iter().position(|t| *t == event.metadata.event_type) {
+            Some(i) => self.processed_built_in[i].inc(),
+            None => self.metrics.events_processed.with_label_values(&[event.metadata.event_type.as_str()]).inc(),
+        }
         tracing::debug!(
             eventId = %event.metadata.event_id, correlationId = %event.metadata.correlation_id,
             eventType = %event.metadata.event_type, deliveries, "routed"
