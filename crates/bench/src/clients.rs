@@ -32,6 +32,8 @@ pub struct Clients {
     stop: watch::Sender<bool>,
     handles: Vec<JoinHandle<()>>,
     pub closed: Arc<AtomicU64>,
+    /// Why connections ended early (the first few).
+    pub close_reasons: Arc<std::sync::Mutex<Vec<String>>>,
     pub opened: usize,
     pub failures: Vec<String>,
 }
@@ -53,14 +55,15 @@ pub async fn open(
 ) -> Clients {
     let (stop, stop_rx) = watch::channel(false);
     let closed = Arc::new(AtomicU64::new(0));
+    let close_reasons: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     let permits = Arc::new(Semaphore::new(concurrency));
     let (ready_tx, mut ready_rx) = mpsc::channel::<Result<(), String>>(1024);
     let n = specs.len();
     let mut handles = Vec::with_capacity(n);
     for (i, spec) in specs.into_iter().enumerate() {
         let index = first_index + i;
-        let (permits, ready_tx, mut stop_rx, recorder, closed) =
-            (permits.clone(), ready_tx.clone(), stop_rx.clone(), recorder.clone(), closed.clone());
+        let (permits, ready_tx, mut stop_rx, recorder, closed, reasons) =
+            (permits.clone(), ready_tx.clone(), stop_rx.clone(), recorder.clone(), closed.clone(), close_reasons.clone());
         handles.push(tokio::spawn(async move {
             let permit = permits.acquire_owned().await.expect("semaphore open");
             let ws = match tokio::time::timeout(Duration::from_secs(30), connect(target, index, &spec)).await {
@@ -82,9 +85,18 @@ pub async fn open(
                 tokio::select! {
                     m = read.next() => match m {
                         Some(Ok(Message::Text(t))) => on_frame(t.as_bytes(), index, &recorder),
-                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                        end @ (Some(Ok(Message::Close(_))) | None | Some(Err(_))) => {
                             if !*stop_rx.borrow() {
                                 closed.fetch_add(1, Ordering::Relaxed);
+                                let why = match end {
+                                    Some(Ok(Message::Close(f))) => format!("closed by the server: {f:?}"),
+                                    Some(Err(e)) => format!("error: {e}"),
+                                    _ => "end of stream".to_string(),
+                                };
+                                let mut r = reasons.lock().unwrap_or_else(|p| p.into_inner());
+                                if r.len() < 10 {
+                                    r.push(why);
+                                }
                             }
                             return;
                         }
@@ -111,7 +123,7 @@ pub async fn open(
             None => break,
         }
     }
-    Clients { stop, handles, closed, opened, failures }
+    Clients { stop, handles, closed, close_reasons, opened, failures }
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
@@ -161,6 +173,10 @@ fn on_frame(text: &[u8], index: usize, recorder: &LatencyRecorder) {
 }
 
 impl Clients {
+    pub fn reasons(&self) -> Vec<String> {
+        self.close_reasons.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub fn still_open(&self) -> usize {
         self.opened.saturating_sub(self.closed.load(Ordering::Relaxed) as usize)
     }

@@ -176,6 +176,8 @@ pub struct Delivery {
     pub delivered_frames: u64,
     pub delivered_frames_per_sec: f64,
     pub clients_closed: u64,
+    /// Why clients were disconnected during the run (the first few).
+    pub close_reasons: Vec<String>,
     pub latency: Summary,
     /// The bare consumer's produce→receive latency in the same run.
     pub kafka_floor: Summary,
@@ -577,6 +579,7 @@ impl Suite {
                 delivered_frames: sum.window_frames,
                 delivered_frames_per_sec: sum.window_frames as f64 / secs,
                 clients_closed: clients.closed.load(Ordering::Relaxed),
+                close_reasons: clients.reasons(),
                 latency: sum,
                 kafka_floor: floor,
                 gateway_written_p50_le_ms: written[0],
