@@ -16,7 +16,7 @@ use crate::telemetry::Metrics;
 use axum::extract::ws::Utf8Bytes;
 use moonx_events::{Event, EventData};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +62,9 @@ struct Conn {
     identity: Option<Identity>,
     channels: [bool; 5],
     kill: CancellationToken,
+    /// Set with `kill`: checked on every publish, and an atomic load is
+    /// cheaper than asking the token (which takes a lock).
+    killed: AtomicBool,
     connected_at: std::time::Instant,
 }
 
@@ -151,7 +154,14 @@ impl Hub {
         let kill = CancellationToken::new();
         st.conns.insert(
             id,
-            Conn { tx, identity: None, channels: [false; 5], kill: kill.clone(), connected_at: std::time::Instant::now() },
+            Conn {
+                tx,
+                identity: None,
+                channels: [false; 5],
+                kill: kill.clone(),
+                killed: AtomicBool::new(false),
+                connected_at: std::time::Instant::now(),
+            },
         );
         self.inner.metrics.connections.set(st.conns.len() as i64);
         Ok(Registration { id, queue, kill })
@@ -337,12 +347,13 @@ impl Hub {
         let mut sent = 0u64;
         let mut offer = |id: &ConnId| {
             let Some(conn) = st.conns.get(id) else { return };
-            if !entitled(conn) || conn.kill.is_cancelled() {
+            if !entitled(conn) || conn.killed.load(Ordering::Relaxed) {
                 return;
             }
             match conn.tx.try_send(out.clone()) {
                 Ok(()) => sent += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
+                    conn.killed.store(true, Ordering::Relaxed);
                     conn.kill.cancel();
                     metrics.slow_consumer_disconnects.inc();
                     metrics.frames_dropped.with_label_values(&["slow_consumer"]).inc();
