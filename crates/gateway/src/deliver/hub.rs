@@ -316,7 +316,7 @@ impl Hub {
             event_id: event.metadata.event_id.as_u128(),
             timestamp_ms: event.metadata.timestamp,
             channel: route.channel,
-            frame: utf8(super::protocol::event_frame(route.channel, envelope, false)),
+            frame: utf8(super::protocol::event_frame(route.channel, envelope)),
         });
         let price_token = match &event.data {
             EventData::PriceUpdated(p) => Some((p.token.as_str(), p.chain_id)),

@@ -168,16 +168,12 @@ pub fn error(code: ErrorCode, message: &str, id: &Option<Value>) -> String {
 
 /// The event frame, built once per event and shared by every recipient:
 /// the envelope bytes are spliced in as they are.
-pub fn event_frame(channel: Channel, envelope_json: &[u8], snapshot: bool) -> Vec<u8> {
+pub fn event_frame(channel: Channel, envelope_json: &[u8]) -> Vec<u8> {
     let channel = channel.as_str().as_bytes();
     let mut out = Vec::with_capacity(envelope_json.len() + 64);
     out.extend_from_slice(b"{\"type\":\"event\",\"channel\":\"");
     out.extend_from_slice(channel);
-    out.extend_from_slice(b"\",");
-    if snapshot {
-        out.extend_from_slice(b"\"snapshot\":true,");
-    }
-    out.extend_from_slice(b"\"event\":");
+    out.extend_from_slice(b"\",\"event\":");
     out.extend_from_slice(envelope_json);
     out.push(b'}');
     out
@@ -218,12 +214,15 @@ mod tests {
 
     #[test]
     fn event_frames_are_valid_json() {
-        let f = event_frame(Channel::Prices, br#"{"metadata":{},"data":{"event":1}}"#, true);
-        let v: Value = serde_json::from_slice(&f).unwrap();
-        assert_eq!(v["snapshot"], true);
-        assert_eq!(v["event"]["data"], json!({"event": 1}));
-        let live = event_frame(Channel::Prices, br#"{"metadata":{},"data":{"event":1}}"#, false);
-        assert_eq!(snapshot_of(&live), f, "a snapshot made from the live frame is the same frame");
+        let live = event_frame(Channel::Prices, br#"{"metadata":{},"data":{"event":1}}"#);
+        let v: Value = serde_json::from_slice(&live).unwrap();
+        assert_eq!(v, json!({"type": "event", "channel": "prices", "event": {"metadata": {}, "data": {"event": 1}}}));
+        let snap = snapshot_of(&live);
+        assert_eq!(
+            std::str::from_utf8(&snap).unwrap(),
+            r#"{"type":"event","channel":"prices","snapshot":true,"event":{"metadata":{},"data":{"event":1}}}"#,
+            "the snapshot frame is the live frame marked, nothing else"
+        );
     }
 }
 

@@ -13,7 +13,7 @@ use crate::deliver::Hub;
 use crate::source::Record;
 use crate::telemetry::Metrics;
 use moonx_events::decode::{decode_event, DecodeOptions};
-use moonx_events::{DecodeError, Event, EventType, TypeRegistry, ValidationErrors};
+use moonx_events::{DecodeError, Event, EventType, ValidationErrors};
 use router::{HandlerError, Router};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -100,7 +100,6 @@ pub struct Pipeline {
     /// `events_processed_total` of each built-in type, resolved once
     /// (a label lookup per event hashes the label strings).
     processed_built_in: Vec<prometheus::IntCounter>,
-    registry: TypeRegistry,
     router: Router,
     hub: Hub,
     metrics: Arc<Metrics>,
@@ -118,7 +117,7 @@ impl Pipeline {
     ) -> Self {
         let processed_built_in =
             EventType::BUILT_IN.iter().map(|t| metrics.events_processed.with_label_values(&[t.as_str()])).collect();
-        Pipeline { processed_built_in, registry: router.registry().clone(), router, hub, metrics, options, audit }
+        Pipeline { processed_built_in, router, hub, metrics, options, audit }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -156,7 +155,7 @@ impl Pipeline {
             return Err(Failure::new(FailureReason::EmptyRecord, "the record has no value"));
         };
         let options = DecodeOptions {
-            registry: &self.registry,
+            registry: self.router.registry(),
             validate: self.options.validate,
             now_ms: Some(crate::telemetry::coarse_clock::now_ms()),
             topic: Some(record.topic),
@@ -180,7 +179,7 @@ impl Pipeline {
                 let mut failure = Failure::new(reason, e.to_string());
                 failure.errors = e.validation_errors().cloned();
                 failure.event_type = peek_event_type(payload)
-                    .filter(|t| self.registry.is_known(&moonx_events::EventType::parse(t)));
+                    .filter(|t| self.router.registry().is_known(&moonx_events::EventType::parse(t)));
                 Err(failure)
             }
         }

@@ -37,10 +37,6 @@ impl EmbeddedBus {
         (Arc::new(EmbeddedBus { topic: topic.into(), sender: Mutex::new((tx, 0)) }), rx)
     }
 
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-
     /// Appends a record; offsets follow publish order.
     pub async fn publish(&self, key: Option<&[u8]>, payload: Vec<u8>) -> anyhow::Result<Delivered> {
         let mut guard = self.sender.lock().await;

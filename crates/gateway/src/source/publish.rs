@@ -22,11 +22,4 @@ impl Publisher {
             Publisher::Embedded(bus) => bus.publish(Some(event.metadata.partition.as_bytes()), event.to_json_bytes()).await,
         }
     }
-
-    pub fn mode(&self) -> &'static str {
-        match self {
-            Publisher::Kafka { .. } => "kafka",
-            Publisher::Embedded(_) => "embedded",
-        }
-    }
 }
