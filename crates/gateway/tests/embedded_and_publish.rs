@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 const T5: Duration = Duration::from_secs(5);
+/// For waits on the pipeline (generous: CI machines are loaded).
+const T30: Duration = Duration::from_secs(30);
 const KEY: &str = "test-key-1";
 
 async fn post(url: &str, key: Option<&str>, body: &Value) -> (u16, Value) {
@@ -87,7 +89,8 @@ async fn the_publish_api_validates_authenticates_and_is_idempotent() {
     let paths: Vec<&str> = invalid[0]["errors"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
     assert!(paths.contains(&"/metadata/dataClassification") && paths.contains(&"/data/orderId") && paths.contains(&"/metadata/userId"), "{paths:?}");
     assert_eq!(invalid[1]["errors"][0]["code"], "unknown_type");
-    assert!(client.recv(Duration::from_millis(800)).await.is_none(), "nothing was published");
+    // (Nothing was published: checked below, as the first price the client
+    // gets is the next batch's first.)
 
     // A batch, one with the client's own eventId, and a whole envelope.
     let id = uuid::Uuid::now_v7().to_string();
@@ -108,10 +111,15 @@ async fn the_publish_api_validates_authenticates_and_is_idempotent() {
     assert_eq!(code, 200);
     assert_eq!(again["published"][0]["duplicate"], true);
     assert_eq!(again["published"][0]["offset"], published[1]["offset"]);
-    let got = client.events_until_quiet(Duration::from_millis(1500)).await;
+    // Prices are one ordered stream: a marker published last comes after
+    // anything the requests above put on the bus.
+    let (code, body) = post(&url, Some(KEY), &price("SOL", 1, "150")).await;
+    assert_eq!(code, 200, "{body}");
+    let marker = body["published"][0]["eventId"].as_str().unwrap().to_owned();
+    let got = client.events_until_marker(&marker, T30).await;
     let ids: Vec<&str> = got.iter().map(|f| f["event"]["metadata"]["eventId"].as_str().unwrap()).collect();
-    assert_eq!(ids.len(), 3, "{ids:?}");
-    assert_eq!(ids.iter().filter(|i| **i == id).count(), 1);
+    let expected: Vec<&str> = published.iter().map(|p| p["eventId"].as_str().unwrap()).collect();
+    assert_eq!(ids, expected, "the refused batch published nothing, the valid one everything once, the repeat nothing");
 
     // Dead letters of the embedded bus are visible over HTTP.
     let (code, body) = http_get(&format!("{}/api/dead-letters", gw.base())).await.unwrap();
@@ -146,33 +154,59 @@ async fn a_price_subscriber_gets_a_snapshot_then_the_live_stream_without_gap_or_
     gw.wait_healthy().await;
     let url = format!("{}/api/events", gw.base());
     let series = [("ETH", 1u64), ("ETH", 137), ("BTC", 1)];
-    // Publish 3 × 150 prices in order, in the background.
+    // Publish prices of the three series in order, in the background: some
+    // before the clients subscribe (so there are snapshots), during their
+    // subscribing, and 30 batches after (so the live stream follows).
+    let subscribed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let publisher = {
         let url = url.clone();
+        let subscribed = subscribed.clone();
         tokio::spawn(async move {
             let mut sent: HashMap<(String, u64), Vec<String>> = HashMap::new();
-            for n in 0..150 {
-                let batch: Vec<Value> = series.iter().map(|(t, c)| price(t, *c, &format!("{}.{n:03}", 1000 + n))).collect();
+            let mut after_subscribing = None;
+            for n in 0.. {
+                assert!(n < 3000, "the clients did not subscribe while 3000 batches were published");
+                let batch: Vec<Value> = series.iter().map(|(t, c)| price(t, *c, &format!("{}.{n:04}", 1000 + n))).collect();
                 let (code, body) = post(&url, Some(KEY), &Value::Array(batch)).await;
                 assert_eq!(code, 200, "{body}");
                 for ((t, c), p) in series.iter().zip(body["published"].as_array().unwrap()) {
                     sent.entry((t.to_string(), *c)).or_default().push(p["eventId"].as_str().unwrap().to_owned());
                 }
+                if after_subscribing.is_none() && subscribed.load(std::sync::atomic::Ordering::SeqCst) {
+                    after_subscribing = Some(n + 30);
+                }
+                if after_subscribing == Some(n) {
+                    break;
+                }
+                // Pacing, so that subscribing happens amid the stream.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             sent
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every series has a latest price once three events went through.
+    let processed = || async {
+        let stats: Value = serde_json::from_str(&http_get(&format!("{}/api/stats", gw.base())).await.map_err(|e| e.to_string())?.1)
+            .map_err(|e| e.to_string())?;
+        let n = stats["eventsProcessed"]["price.updated"].as_u64().unwrap_or(0);
+        if n >= series.len() as u64 { Ok(()) } else { Err(format!("{n} prices processed")) }
+    };
+    eventually("a price of every series went through", T30, processed).await;
     let mut all = Client::connect(&gw.ws_url()).await;
     all.subscribe("prices").await;
     let mut eth = Client::connect(&gw.ws_url()).await;
     eth.send_json(json!({"type": "subscribe", "channel": "prices", "tokens": ["ETH"]})).await;
     assert_eq!(eth.recv(T5).await.unwrap()["type"], "subscribed");
+    subscribed.store(true, std::sync::atomic::Ordering::SeqCst);
     let sent = publisher.await.unwrap();
+    // One ordered stream: a marker published last (ETH, passing both
+    // filters) comes after every price above.
+    let (code, body) = post(&url, Some(KEY), &price("ETH", 10, "1")).await;
+    assert_eq!(code, 200, "{body}");
+    let marker = body["published"][0]["eventId"].as_str().unwrap().to_owned();
 
     for (client, wanted) in [(&mut all, vec!["ETH", "BTC"]), (&mut eth, vec!["ETH"])] {
-        let frames = client.events_until_quiet(Duration::from_millis(1500)).await;
+        let frames = client.events_until_marker(&marker, T30).await;
         let mut per_series: HashMap<(String, u64), Vec<(String, bool)>> = HashMap::new();
         for f in &frames {
             let d = &f["event"]["data"];

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 const QUIET: Duration = Duration::from_millis(1500);
 const T5: Duration = Duration::from_secs(5);
+/// For waits on the broker and the pipeline (generous: CI machines are loaded).
+const T30: Duration = Duration::from_secs(30);
 
 async fn started(prefix: &str, extra_env: Vec<(&'static str, String)>) -> (Topics, Gateway) {
     let topics = create_topics(prefix).await;
@@ -73,18 +75,31 @@ async fn private_events_reach_their_owner_only() {
     for (n, t) in ALL_TYPES.iter().enumerate() {
         send_event(&p, &topics.main, &sample_event(t, "alice", n)).await.unwrap();
     }
-    let got = |events: &[Value]| -> HashSet<String> {
-        events.iter().map(|e| e["event"]["metadata"]["eventType"].as_str().unwrap().to_owned()).collect()
+    // The events sit on three partitions: once all were offered to the
+    // clients' queues, a ping's pong comes after every frame they made.
+    gw.wait_events_processed(ALL_TYPES.len()).await;
+    let mut got = Vec::new();
+    for (who, c) in [("alice", &mut alice), ("bob", &mut bob), ("anon", &mut anon), ("ops", &mut admin)] {
+        let frames = c.frames_until_pong(who, T30).await;
+        let mut types: Vec<String> = frames
+            .iter()
+            .map(|f| {
+                assert_eq!(f["type"], "event", "{who}: only events before the pong: {f}");
+                f["event"]["metadata"]["eventType"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        types.sort();
+        got.push(types);
+    }
+    let sorted = |v: &[&str]| {
+        let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+        v.sort();
+        v
     };
-    let a = got(&alice.events_until_quiet(QUIET).await);
-    let b = got(&bob.events_until_quiet(QUIET).await);
-    let anon_got = got(&anon.events_until_quiet(QUIET).await);
-    let ops = got(&admin.events_until_quiet(QUIET).await);
-    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<HashSet<_>>();
-    assert_eq!(a, set(&["price.updated", "order.created", "order.updated", "order.cancelled", "portfolio.updated", "trade.executed", "trade.failed"]));
-    assert_eq!(b, set(&["price.updated"]), "bob sees nothing of alice's");
-    assert_eq!(anon_got, set(&["price.updated"]));
-    assert_eq!(ops, set(&["user.connected", "user.disconnected", "system.health_check", "system.error"]));
+    assert_eq!(got[0], sorted(&["price.updated", "order.created", "order.updated", "order.cancelled", "portfolio.updated", "trade.executed", "trade.failed"]), "alice: each of hers once");
+    assert_eq!(got[1], sorted(&["price.updated"]), "bob sees nothing of alice's");
+    assert_eq!(got[2], sorted(&["price.updated"]), "anonymous: prices only");
+    assert_eq!(got[3], sorted(&["user.connected", "user.disconnected", "system.health_check", "system.error"]), "operators: system only");
 }
 
 /// Many users, many connections, random subscriptions and a random mix of
@@ -250,8 +265,10 @@ async fn every_error_code_is_sent_and_the_connection_stays_usable() {
     for _ in 0..25 {
         bad.send_text("{").await;
     }
-    while bad.recv(T5).await.is_some() {}
-    assert_eq!(bad.closed.as_ref().map(|c| c.0), Some(1008), "{:?}", bad.closed);
+    let replies = bad.read_until_closed(T30).await;
+    assert_eq!(replies.len(), 20, "one error per invalid message up to the limit (20): {replies:?}");
+    assert!(replies.iter().all(|r| r["code"] == "bad_request"), "{replies:?}");
+    assert_eq!(bad.closed, Some((1008, "too many invalid messages".to_owned())));
 
     let m = gw.metrics().await;
     for code in ["bad_request", "unknown_channel", "unauthorized", "forbidden", "rate_limited", "limit_exceeded"] {
@@ -308,30 +325,31 @@ async fn a_stalled_client_is_cut_off_and_the_others_keep_receiving() {
             }
         }
     });
-    let received = healthy.count_events(total, Duration::from_secs(30)).await;
-    producing.await.unwrap();
-    assert_eq!(received, total, "the healthy client received every frame");
-    let m = gw.metrics().await;
-    assert_eq!(metric(&m, "moonx_ws_slow_consumer_disconnects_total", &[]), 1.0);
-    assert!(metric(&m, "moonx_ws_frames_dropped_total", &[("reason", "slow_consumer")]) >= 1.0);
-
-    // The stalled client, reading at last, finds its connection ended.
-    let mut saw_error = false;
-    while let Some(v) = stalled.recv(Duration::from_secs(5)).await {
-        if v["type"] == "error" {
-            assert_eq!(v["code"], "slow_consumer");
-            saw_error = true;
-        }
-    }
-    if let Some((code, reason)) = &stalled.closed {
-        assert_eq!(*code, 3008, "{reason}");
-        assert!(saw_error);
-    }
-    eventually("the stalled connection is gone", T5, || async {
-        let c = metric(&gw.metrics().await, "moonx_ws_connections", &[]);
-        if c == 1.0 { Ok(()) } else { Err(format!("{c}")) }
+    // The healthy client reads all along, in its own task.
+    let reading = tokio::spawn(async move {
+        healthy.expect_event_count(total, Duration::from_secs(180)).await;
+    });
+    // The stalled client reads nothing until the server gave up on it.
+    gw.wait_metric("the stalled client is cut off", "moonx_ws_slow_consumer_disconnects_total", &[], Duration::from_secs(120), |v| {
+        v >= 1.0
     })
     .await;
+
+    // Reading at last, it gets what was already on its way, then the
+    // slow_consumer error, then the close 3008 (README: close codes).
+    let frames = stalled.read_until_closed(Duration::from_secs(60)).await;
+    let replies: Vec<&Value> = frames.iter().filter(|f| f["type"] != "event").collect();
+    assert_eq!(replies.len(), 1, "one frame besides events: {replies:?}");
+    assert_eq!((replies[0]["type"].as_str(), replies[0]["code"].as_str()), (Some("error"), Some("slow_consumer")), "{}", replies[0]);
+    assert_eq!(frames.last(), Some(replies[0]), "the error is the last frame");
+    assert_eq!(stalled.closed, Some((3008, "slow consumer: queue overflowed".to_owned())), "after {} frames", frames.len());
+
+    reading.await.expect("the healthy client received every frame");
+    producing.await.unwrap();
+    let m = gw.metrics().await;
+    assert_eq!(metric(&m, "moonx_ws_slow_consumer_disconnects_total", &[]), 1.0, "only the stalled client");
+    assert!(metric(&m, "moonx_ws_frames_dropped_total", &[("reason", "slow_consumer")]) >= 1.0);
+    gw.wait_metric("the stalled connection is gone", "moonx_ws_connections", &[], T5, |c| c == 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -392,14 +410,19 @@ async fn a_redelivered_event_reaches_a_client_once_and_the_tokens_filter_applies
     assert_eq!(eth.recv(T5).await.unwrap()["tokens"], json!(["eth"]));
     let p = producer();
     let e = sample_event("price.updated", "", 0); // ETH
+    let btc = sample_event("price.updated", "", 1); // BTC
+    let marker = sample_event("price.updated", "", 4); // ETH, another chain: both clients get it
     send_event(&p, &topics.main, &e).await.unwrap();
     send_event(&p, &topics.main, &e).await.unwrap(); // the same eventId again, as after a crash
-    send_event(&p, &topics.main, &sample_event("price.updated", "", 1)).await.unwrap(); // BTC
-    let got = all.events_until_quiet(QUIET).await;
-    assert_eq!(got.len(), 2, "{got:?}");
-    let eth_got = eth.events_until_quiet(QUIET).await;
-    assert_eq!(eth_got.len(), 1);
-    assert_eq!(eth_got[0]["event"]["data"]["token"], "ETH");
+    send_event(&p, &topics.main, &btc).await.unwrap();
+    // Prices share one partition: the marker comes after everything above.
+    send_event(&p, &topics.main, &marker).await.unwrap();
+    let marker = marker.metadata.event_id.to_string();
+    let ids = |frames: Vec<Value>| -> Vec<String> {
+        frames.iter().map(|f| f["event"]["metadata"]["eventId"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(ids(all.events_until_marker(&marker, T30).await), vec![e.metadata.event_id.to_string(), btc.metadata.event_id.to_string()]);
+    assert_eq!(ids(eth.events_until_marker(&marker, T30).await), vec![e.metadata.event_id.to_string()], "ETH only, once");
     assert!(metric(&gw.metrics().await, "moonx_ws_duplicates_suppressed_total", &[]) >= 1.0);
 }
 
@@ -416,21 +439,26 @@ async fn with_two_instances_a_client_on_each_receives_every_price() {
     ca.subscribe("prices").await;
     cb.subscribe("prices").await;
     let p = producer();
-    let mut ids = HashSet::new();
+    let mut ids = Vec::new();
     for n in 0..50 {
         let e = sample_event("price.updated", "", n);
-        ids.insert(e.metadata.event_id.to_string());
+        ids.push(e.metadata.event_id.to_string());
         send_event(&p, &topics.main, &e).await.unwrap();
     }
+    // Prices share one partition: the marker comes after the 50.
+    let marker = sample_event("price.updated", "", 50);
+    send_event(&p, &topics.main, &marker).await.unwrap();
     for c in [&mut ca, &mut cb] {
-        let got: HashSet<String> = c
-            .events_until_quiet(Duration::from_secs(3))
+        let got: Vec<String> = c
+            .events_until_marker(&marker.metadata.event_id.to_string(), T30)
             .await
             .iter()
-            .filter(|f| f.get("snapshot").is_none())
-            .map(|f| f["event"]["metadata"]["eventId"].as_str().unwrap().to_owned())
+            .map(|f| {
+                assert!(f.get("snapshot").is_none(), "no price existed at subscription: {f}");
+                f["event"]["metadata"]["eventId"].as_str().unwrap().to_owned()
+            })
             .collect();
-        assert_eq!(got, ids);
+        assert_eq!(got, ids, "every price once, in order");
     }
 }
 
@@ -464,6 +492,7 @@ async fn sigterm_closes_clients_with_going_away() {
     c.subscribe("prices").await;
     let status = gw.terminate();
     assert!(status.success());
-    while c.recv(T5).await.is_some() {}
+    let frames = c.read_until_closed(T30).await;
+    assert!(frames.is_empty(), "{frames:?}");
     assert_eq!(c.closed.as_ref().map(|c| c.0), Some(1001), "{:?}", c.closed);
 }

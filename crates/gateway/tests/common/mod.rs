@@ -1,6 +1,8 @@
 //! Test support: a real broker (started by `scripts/kafka`, address in
 //! `KAFKA_BROKERS`), isolated topics per test, the real `moonx-ws` binary
-//! started as a process on a free port, and real WebSocket / HTTP clients.
+//! started as a process on a port the kernel picks (`PORT=0`, learned from
+//! its `listening:` log line, so parallel tests never race for a port), and
+//! real WebSocket / HTTP clients.
 #![allow(dead_code)]
 
 pub mod ws;
@@ -45,6 +47,8 @@ pub async fn create_topics_on(brokers: &str, prefix: &str) -> Topics {
     Topics { main, dlq }
 }
 
+/// A port that was free a moment ago. Racy (another test may take it before
+/// it is used): `Gateway` does not use it; prefer `PORT=0` and the log line.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -76,6 +80,12 @@ pub struct Gateway {
     _dir: tempfile::TempDir,
 }
 
+/// What `server.rs` logs (at info, target `moonx_ws::server`) once it is
+/// bound: `listening: http://ADDR/health, ws://ADDR/ws`.
+const LISTENING: &str = "listening: http://";
+/// How long a started process may take to bind its port.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub struct GatewayConfig<'a> {
     pub topics: &'a Topics,
     pub group: String,
@@ -92,9 +102,11 @@ impl<'a> GatewayConfig<'a> {
 pub const JWT_SECRET: &str = "test-secret-please-change";
 
 impl Gateway {
+    /// Starts `moonx-ws serve` and returns once it listens (on a port the
+    /// kernel picked, unless `extra_env` sets `PORT`).
     pub fn start(cfg: GatewayConfig<'_>) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let port = 0;
         let audit = dir.path().join("routes.jsonl");
         let log = dir.path().join("gateway.log");
         let mut env: Vec<(String, String)> = vec![
@@ -115,14 +127,15 @@ impl Gateway {
             env.push((k.into(), v));
         }
         let mut g = Gateway { child: None, port, log, audit, env, args: vec!["serve".into()], _dir: dir };
-        g.spawn();
+        g.spawn_listening();
         g
     }
 
-    /// `moonx-ws dev` with these arguments: no Kafka at all.
+    /// `moonx-ws dev` with these arguments: no Kafka at all. Returns once
+    /// it listens, as `start` does.
     pub fn start_dev(args: &[&str], extra_env: Vec<(&str, String)>) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let port = 0;
         let audit = dir.path().join("routes.jsonl");
         let log = dir.path().join("gateway.log");
         let mut env: Vec<(String, String)> = vec![
@@ -138,8 +151,59 @@ impl Gateway {
         let mut all = vec!["dev".to_owned()];
         all.extend(args.iter().map(|a| a.to_string()));
         let mut g = Gateway { child: None, port, log, audit, env, args: all, _dir: dir };
-        g.spawn();
+        g.spawn_listening();
         g
+    }
+
+    /// The `PORT` this process is started with.
+    fn configured_port(&self) -> u16 {
+        self.env.iter().rev().find(|(k, _)| k == "PORT").and_then(|(_, v)| v.parse().ok()).unwrap_or(0)
+    }
+
+    /// Spawns the process and learns its port from the log. If it exits
+    /// before listening (a test of a start-up failure), `port` keeps the
+    /// configured value and the exit is left for the test to examine.
+    fn spawn_listening(&mut self) -> Listen {
+        if !self.env.iter().any(|(k, _)| k == "PORT") {
+            self.env.push(("PORT".into(), "0".into()));
+        }
+        let from = self.log_len();
+        self.spawn();
+        let outcome = self.wait_listening(from);
+        match outcome {
+            Listen::On(port) => self.port = port,
+            Listen::Exited => {
+                self.port = self.configured_port();
+                eprintln!("moonx-ws exited before listening; log:\n{}", &self.logs()[from..]);
+            }
+        }
+        outcome
+    }
+
+    fn log_len(&self) -> usize {
+        std::fs::metadata(&self.log).map_or(0, |m| m.len() as usize)
+    }
+
+    /// Waits for the `listening:` line written after byte `from` of the log,
+    /// or for the process to exit.
+    fn wait_listening(&mut self, from: usize) -> Listen {
+        let deadline = Instant::now() + LISTEN_TIMEOUT;
+        loop {
+            let log = self.logs();
+            if let Some(port) = log.get(from..).and_then(listening_port) {
+                return Listen::On(port);
+            }
+            if self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some()) {
+                return Listen::Exited;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "moonx-ws did not log {LISTENING:?} within {LISTEN_TIMEOUT:?} (RUST_LOG must let `moonx_ws::server=info` through); log:\n{}",
+                    log.get(from..).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn spawn(&mut self) {
@@ -212,9 +276,30 @@ impl Gateway {
         self.env.push((key.into(), value.into()));
     }
 
+    /// Kills the process and starts it again on the same port (so clients
+    /// and `base()` keep working). Returns once it listens. If another
+    /// process took the port meanwhile, it retries once, then fails.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        if self.port != 0 {
+            let port = self.port.to_string();
+            self.set_env("PORT", &port);
+        }
+        for attempt in 1..=2 {
+            let from = self.log_len();
+            if let Listen::On(_) = self.spawn_listening() {
+                return;
+            }
+            let taken = self.logs().get(from..).is_some_and(|l| l.contains("cannot listen on"));
+            if !taken {
+                return; // a start-up failure the test wants to see
+            }
+            if attempt == 2 {
+                panic!("port {} is taken by another process; the gateway cannot restart on it", self.port);
+            }
+            // The port is released as soon as its holder stops; give it that moment.
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     /// The eventIds in the route audit log, with how often each was routed.
@@ -231,6 +316,41 @@ impl Gateway {
     pub async fn metrics(&self) -> String {
         http_get(&format!("{}/metrics", self.base())).await.expect("metrics").1
     }
+
+    /// Waits until the series `name` (summed over those matching `labels`)
+    /// satisfies `ok`; fails naming `what` and the last value.
+    pub async fn wait_metric(&self, what: &str, name: &str, labels: &[(&str, &str)], timeout: Duration, ok: impl Fn(f64) -> bool) {
+        eventually(what, timeout, || async {
+            let text = http_get(&format!("{}/metrics", self.base())).await.map_err(|e| e.to_string())?.1;
+            let v = metric(&text, name, labels);
+            if ok(v) { Ok(()) } else { Err(format!("{name}{labels:?} = {v}")) }
+        })
+        .await;
+    }
+
+    /// Waits until exactly `n` events went through the pipeline to the hub
+    /// (`events_processed_total` counts an event after it was offered to
+    /// every entitled connection's queue). A `ping` sent after this is
+    /// answered after every frame of those events, so the frames before its
+    /// `pong` are all a client will ever get of them.
+    pub async fn wait_events_processed(&self, n: usize) {
+        self.wait_metric(&format!("{n} events processed"), "moonx_ws_events_processed_total", &[], Duration::from_secs(60), |v| {
+            v == n as f64
+        })
+        .await;
+    }
+}
+
+enum Listen {
+    On(u16),
+    Exited,
+}
+
+/// The port of a `listening: http://ADDR/health` line in `log`, if any.
+fn listening_port(log: &str) -> Option<u16> {
+    let rest = &log[log.find(LISTENING)? + LISTENING.len()..];
+    let addr = &rest[..rest.find("/health")?];
+    addr.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
 }
 
 impl Drop for Gateway {

@@ -48,7 +48,8 @@ impl Client {
         Client { ws, closed: None }
     }
 
-    /// Counts event frames (without parsing them) until `n` or a pause of `idle`.
+    /// Counts event frames (without parsing them) until `n` or a pause of
+    /// `idle`. Prefer `expect_event_count`: a pause is no proof of anything.
     pub async fn count_events(&mut self, n: usize, idle: Duration) -> usize {
         let mut count = 0;
         while count < n {
@@ -134,5 +135,85 @@ impl Client {
             }
         }
         out
+    }
+
+    /// Counts event frames (without parsing them) until `n` arrived; fails
+    /// if that takes longer than `timeout` or the connection ends first.
+    pub async fn expect_event_count(&mut self, n: usize, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut count = 0;
+        while count < n {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) if t.starts_with("{\"type\":\"event\"") => count += 1,
+                Ok(Some(Ok(_))) => {}
+                Ok(other) => panic!("the connection ended after {count} of {n} event frames: {other:?}"),
+                Err(_) => panic!("{count} of {n} event frames within {timeout:?}"),
+            }
+        }
+    }
+
+    /// The event frames before the one carrying event `marker` (which is
+    /// consumed, not returned). The marker is produced after the events
+    /// under test on the same ordered path, so what came before it is all
+    /// that will come of them. Fails after `timeout` or on close.
+    pub async fn events_until_marker(&mut self, marker: &str, timeout: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(v) = self.recv(left).await else {
+                panic!("marker {marker} not received within {timeout:?} (closed: {:?}); before it: {out:?}", self.closed)
+            };
+            if v["type"] != "event" {
+                continue;
+            }
+            if v["event"]["metadata"]["eventId"] == marker {
+                return out;
+            }
+            out.push(v);
+        }
+    }
+
+    /// Sends a `ping` with `id` and returns every frame that arrived before
+    /// its `pong`: the server answers in order, so a frame queued for this
+    /// client before the ping was read comes before the pong.
+    pub async fn frames_until_pong(&mut self, id: &str, timeout: Duration) -> Vec<Value> {
+        self.send_json(serde_json::json!({"type": "ping", "id": id})).await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(v) = self.recv(left).await else {
+                panic!("no pong {id:?} within {timeout:?} (closed: {:?}); before it: {out:?}", self.closed)
+            };
+            if v["type"] == "pong" && v["id"] == id {
+                return out;
+            }
+            out.push(v);
+        }
+    }
+
+    /// Reads every text frame until the connection ends, and returns them.
+    /// Afterwards `closed` holds the close frame's (code, reason), or is
+    /// `None` if the connection ended without one (EOF or reset). Fails if
+    /// the connection is still open after `timeout`.
+    pub async fn read_until_closed(&mut self, timeout: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => panic!("the connection was still open after {timeout:?} ({} frames read)", out.len()),
+                Ok(Some(Ok(Message::Text(t)))) => out.push(serde_json::from_str(&t).expect("server frames are JSON")),
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    self.closed = Some(f.map(|f| (u16::from(f.code), f.reason.to_string())).unwrap_or((1005, String::new())));
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => {
+                    eprintln!("read_until_closed: the connection ended with an error after {} frames: {e}", out.len());
+                    return out;
+                }
+                Ok(None) => return out,
+            }
+        }
     }
 }
