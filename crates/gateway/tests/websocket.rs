@@ -328,6 +328,7 @@ async fn a_stalled_client_is_cut_off_and_the_others_keep_receiving() {
     // The healthy client reads all along, in its own task.
     let reading = tokio::spawn(async move {
         healthy.expect_event_count(total, Duration::from_secs(180)).await;
+        healthy // still connected: counted below
     });
     // The stalled client reads nothing until the server gave up on it.
     gw.wait_metric("the stalled client is cut off", "moonx_ws_slow_consumer_disconnects_total", &[], Duration::from_secs(120), |v| {
@@ -344,7 +345,7 @@ async fn a_stalled_client_is_cut_off_and_the_others_keep_receiving() {
     assert_eq!(frames.last(), Some(replies[0]), "the error is the last frame");
     assert_eq!(stalled.closed, Some((3008, "slow consumer: queue overflowed".to_owned())), "after {} frames", frames.len());
 
-    reading.await.expect("the healthy client received every frame");
+    let _healthy = reading.await.expect("the healthy client received every frame");
     producing.await.unwrap();
     let m = gw.metrics().await;
     assert_eq!(metric(&m, "moonx_ws_slow_consumer_disconnects_total", &[]), 1.0, "only the stalled client");

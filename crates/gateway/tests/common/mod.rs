@@ -277,17 +277,19 @@ impl Gateway {
     }
 
     /// Kills the process and starts it again on the same port (so clients
-    /// and `base()` keep working). Returns once it listens. If another
+    /// and `base()` keep working), unless the test `set_env`'d another `PORT`. Returns once it listens. If another
     /// process took the port meanwhile, it retries once, then fails.
     pub fn restart(&mut self) {
         self.kill();
-        if self.port != 0 {
-            let port = self.port.to_string();
-            self.set_env("PORT", &port);
+        if self.configured_port() == 0 && self.port != 0 {
+            let learned = self.port.to_string();
+            self.set_env("PORT", &learned);
         }
+        let port = self.configured_port();
         for attempt in 1..=2 {
             let from = self.log_len();
-            if let Listen::On(_) = self.spawn_listening() {
+            if let Listen::On(now) = self.spawn_listening() {
+                assert!(port == 0 || now == port, "restarted on port {now}, not {port}");
                 return;
             }
             let taken = self.logs().get(from..).is_some_and(|l| l.contains("cannot listen on"));
