@@ -8,6 +8,14 @@
 //! for every delivery: public events to subscribers of `prices`, a user's
 //! events only to connections authenticated as that user, internal events
 //! only to admins, never after the token expired.
+//!
+//! Bounded work per event: `prices` subscribers are indexed by filter
+//! token (unfiltered subscribers, plus lowercase token -> subscribers), so
+//! a price event visits only the connections that want it, whatever the
+//! other clients' filters are. Each user has at most
+//! `max_connections_per_user` connections, and presence is reported per
+//! user, not per connection: `Connected` when a user's first connection is
+//! authenticated, `Disconnected` when their last one ends.
 
 use super::auth::Identity;
 use super::{Audience, Channel};
@@ -39,16 +47,23 @@ pub struct Frame {
 pub struct HubSettings {
     pub queue_capacity: usize,
     pub max_connections: usize,
+    /// Connections authenticated as one user, at most.
+    pub max_connections_per_user: usize,
 }
 
 impl Default for HubSettings {
     fn default() -> Self {
-        HubSettings { queue_capacity: 1024, max_connections: 100_000 }
+        HubSettings {
+            queue_capacity: 1024,
+            max_connections: 100_000,
+            max_connections_per_user: crate::config::DEFAULT_MAX_CONNECTIONS_PER_USER as usize,
+        }
     }
 }
 
 /// A presence change of an authenticated user (for `user.connected` /
-/// `user.disconnected` events).
+/// `user.disconnected` events): the user's first connection on this
+/// instance opened, or their last one closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Presence {
     Connected { user_id: String, connection_id: String },
@@ -65,7 +80,6 @@ struct Conn {
     /// Set with `kill`: checked on every publish, and an atomic load is
     /// cheaper than asking the token (which takes a lock).
     killed: AtomicBool,
-    connected_at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -73,13 +87,23 @@ struct State {
     conns: HashMap<ConnId, Conn>,
     /// Subscribers of `prices`, with their optional token filter.
     prices: HashMap<ConnId, Option<TokenFilter>>,
+    /// The index of `prices`: subscribers without a filter...
+    prices_unfiltered: HashSet<ConnId>,
+    /// ...and, per lowercase token, the subscribers whose filter names it.
+    prices_by_token: HashMap<String, HashSet<ConnId>>,
     /// Connections authenticated as each user.
-    users: HashMap<String, HashSet<ConnId>>,
+    users: HashMap<String, UserConns>,
     /// Admin connections subscribed to `system`.
     operators: HashSet<ConnId>,
     /// The latest price frame per token and chain (turned into a snapshot
     /// frame when someone subscribes).
     latest_prices: BTreeMap<String, BTreeMap<u64, Outbound>>,
+}
+
+/// A user's connections, and since when the user has had one.
+struct UserConns {
+    conns: HashSet<ConnId>,
+    online_since: std::time::Instant,
 }
 
 struct Inner {
@@ -100,6 +124,8 @@ pub struct Hub {
 pub enum HubError {
     #[error("the server has reached its connection limit")]
     TooManyConnections,
+    #[error("this user has too many connections open (WS_MAX_CONNECTIONS_PER_USER)")]
+    TooManyConnectionsForUser,
 }
 
 /// What a new connection gets from the hub.
@@ -160,7 +186,6 @@ impl Hub {
                 channels: [false; 5],
                 kill: kill.clone(),
                 killed: AtomicBool::new(false),
-                connected_at: std::time::Instant::now(),
             },
         );
         self.inner.metrics.connections.set(st.conns.len() as i64);
@@ -172,21 +197,13 @@ impl Hub {
             let mut st = self.state();
             let Some(conn) = st.conns.get(&id) else { return };
             let identity = conn.identity.clone();
-            let connected_at = conn.connected_at;
             for ch in Channel::ALL {
                 remove_subscription(&mut st, id, ch, &self.inner.metrics);
             }
-            if let Some(ident) = &identity {
-                remove_user_index(&mut st, &ident.user_id, id);
-            }
+            let presence = identity.and_then(|i| remove_user_index(&mut st, &i.user_id, id, reason));
             st.conns.remove(&id);
             self.inner.metrics.connections.set(st.conns.len() as i64);
-            identity.map(|i| Presence::Disconnected {
-                user_id: i.user_id,
-                connection_id: id.to_string(),
-                duration_ms: connected_at.elapsed().as_millis() as u64,
-                reason: reason.to_owned(),
-            })
+            presence
         };
         if let Some(p) = presence {
             self.emit_presence(p);
@@ -202,15 +219,23 @@ impl Hub {
 
     /// Sets (or clears) who the connection is. A change of user, or losing
     /// the identity, ends its private subscriptions; public ones stay.
-    /// Returns the private channels that were dropped.
-    pub fn set_identity(&self, id: ConnId, identity: Option<Identity>) -> Vec<Channel> {
+    /// Returns the private channels that were dropped; refuses (changing
+    /// nothing) a connection beyond the user's limit.
+    pub fn set_identity(&self, id: ConnId, identity: Option<Identity>) -> Result<Vec<Channel>, HubError> {
         let mut dropped = Vec::new();
         let mut presence = Vec::new();
         {
             let mut st = self.state();
-            let Some(conn) = st.conns.get_mut(&id) else { return dropped };
+            let st = &mut *st;
+            let Some(conn) = st.conns.get_mut(&id) else { return Ok(dropped) };
+            let same_user = conn.identity.as_ref().map(|o| &o.user_id) == identity.as_ref().map(|n| &n.user_id);
+            if let (false, Some(n)) = (same_user, &identity)
+                && st.users.get(&n.user_id).is_some_and(|u| u.conns.len() >= self.inner.settings.max_connections_per_user)
+            {
+                self.inner.metrics.connections_rejected.with_label_values(&["max_connections_per_user"]).inc();
+                return Err(HubError::TooManyConnectionsForUser);
+            }
             let old = std::mem::replace(&mut conn.identity, identity.clone());
-            let same_user = old.as_ref().map(|o| &o.user_id) == identity.as_ref().map(|n| &n.user_id);
             let still_admin = identity.as_ref().is_some_and(|i| i.admin);
             let to_drop: Vec<Channel> = Channel::ALL
                 .into_iter()
@@ -222,29 +247,30 @@ impl Hub {
                 })
                 .collect();
             for ch in &to_drop {
-                remove_subscription(&mut st, id, *ch, &self.inner.metrics);
+                remove_subscription(st, id, *ch, &self.inner.metrics);
             }
             dropped = to_drop;
             if !same_user {
                 if let Some(o) = &old {
-                    remove_user_index(&mut st, &o.user_id, id);
-                    presence.push(Presence::Disconnected {
-                        user_id: o.user_id.clone(),
-                        connection_id: id.to_string(),
-                        duration_ms: 0,
-                        reason: "identity changed".into(),
-                    });
+                    let reason = if identity.is_some() { "identity changed" } else { "token expired" };
+                    presence.extend(remove_user_index(st, &o.user_id, id, reason));
                 }
                 if let Some(n) = &identity {
-                    st.users.entry(n.user_id.clone()).or_default().insert(id);
-                    presence.push(Presence::Connected { user_id: n.user_id.clone(), connection_id: id.to_string() });
+                    let user = st.users.entry(n.user_id.clone()).or_insert_with(|| UserConns {
+                        conns: HashSet::new(),
+                        online_since: std::time::Instant::now(),
+                    });
+                    user.conns.insert(id);
+                    if user.conns.len() == 1 {
+                        presence.push(Presence::Connected { user_id: n.user_id.clone(), connection_id: id.to_string() });
+                    }
                 }
             }
         }
         for p in presence {
             self.emit_presence(p);
         }
-        dropped
+        Ok(dropped)
     }
 
     /// Records a subscription (the session has checked access) and, for
@@ -274,6 +300,18 @@ impl Hub {
                         });
                         if conn.tx.try_send(snapshot).is_ok() {
                             queued += 1;
+                        }
+                    }
+                }
+                // A new filter replaces the previous one, in the index too.
+                unindex_prices(st, id);
+                match &filter {
+                    None => {
+                        st.prices_unfiltered.insert(id);
+                    }
+                    Some(f) => {
+                        for t in &f.0 {
+                            st.prices_by_token.entry(t.clone()).or_default().insert(id);
                         }
                     }
                 }
@@ -365,21 +403,14 @@ impl Hub {
             }
         };
         match &route.audience {
-            Audience::Everyone => {
-                let token = price_token.map(|(t, _)| t);
-                for (id, filter) in &st.prices {
-                    let passes = match (filter, token) {
-                        (Some(f), Some(t)) => f.admits(t),
-                        _ => true,
-                    };
-                    if passes {
-                        offer(id);
-                    }
-                }
-            }
+            Audience::Everyone => match price_token {
+                Some((token, _)) => price_subscribers(st, token).for_each(&mut offer),
+                // A public event that is not a price goes to every subscriber.
+                None => st.prices.keys().for_each(&mut offer),
+            },
             Audience::User(u) => {
-                if let Some(ids) = st.users.get(u) {
-                    ids.iter().for_each(&mut offer);
+                if let Some(user) = st.users.get(u) {
+                    user.conns.iter().for_each(&mut offer);
                 }
             }
             Audience::Operators => st.operators.iter().for_each(&mut offer),
@@ -390,18 +421,60 @@ impl Hub {
     }
 }
 
-/// The `tokens` filter of a `prices` subscription (case-insensitive; a
-/// handful of tokens, so a list beats a set).
+/// The `tokens` filter of a `prices` subscription: lowercase, without
+/// repeats (matching is case-insensitive).
 #[derive(Debug, Clone)]
 struct TokenFilter(Vec<String>);
 
 impl TokenFilter {
     fn new(tokens: &[String]) -> Self {
-        TokenFilter(tokens.to_vec())
+        let mut lower: Vec<String> = tokens.iter().map(|t| t.to_ascii_lowercase()).collect();
+        lower.sort_unstable();
+        lower.dedup();
+        TokenFilter(lower)
     }
 
     fn admits(&self, token: &str) -> bool {
         self.0.iter().any(|t| t.eq_ignore_ascii_case(token))
+    }
+}
+
+/// The subscribers of `prices` that want a price of `token`: the
+/// unfiltered ones and those whose filter names it, found through the
+/// index (never by scanning filters).
+fn price_subscribers<'a>(st: &'a State, token: &str) -> impl Iterator<Item = &'a ConnId> {
+    // Filter tokens are at most MAX_FILTER_TOKEN_BYTES long: lowercase on
+    // the stack, and a longer token cannot be in any filter.
+    let mut buf = [0u8; super::protocol::MAX_FILTER_TOKEN_BYTES];
+    let filtered = (token.len() <= buf.len())
+        .then(|| {
+            let lower = &mut buf[..token.len()];
+            lower.copy_from_slice(token.as_bytes());
+            lower.make_ascii_lowercase();
+            // ASCII lowercasing keeps UTF-8 valid.
+            std::str::from_utf8(lower).ok().and_then(|l| st.prices_by_token.get(l))
+        })
+        .flatten();
+    st.prices_unfiltered.iter().chain(filtered.into_iter().flatten())
+}
+
+/// Takes a connection out of the `prices` index.
+fn unindex_prices(st: &mut State, id: ConnId) {
+    match st.prices.get(&id) {
+        Some(Some(filter)) => {
+            for t in &filter.0 {
+                if let Some(set) = st.prices_by_token.get_mut(t) {
+                    set.remove(&id);
+                    if set.is_empty() {
+                        st.prices_by_token.remove(t);
+                    }
+                }
+            }
+        }
+        Some(None) => {
+            st.prices_unfiltered.remove(&id);
+        }
+        None => {}
     }
 }
 
@@ -418,6 +491,7 @@ fn remove_subscription(st: &mut State, id: ConnId, channel: Channel, metrics: &M
     metrics.subscriptions.with_label_values(&[channel.as_str()]).dec();
     match channel {
         Channel::Prices => {
+            unindex_prices(st, id);
             st.prices.remove(&id);
         }
         Channel::System => {
@@ -428,11 +502,20 @@ fn remove_subscription(st: &mut State, id: ConnId, channel: Channel, metrics: &M
     true
 }
 
-fn remove_user_index(st: &mut State, user: &str, id: ConnId) {
-    if let Some(set) = st.users.get_mut(user) {
-        set.remove(&id);
-        if set.is_empty() {
-            st.users.remove(user);
-        }
+/// Removes a connection from its user; when it was the user's last, the
+/// user's `Disconnected`.
+fn remove_user_index(st: &mut State, user: &str, id: ConnId, reason: &str) -> Option<Presence> {
+    let u = st.users.get_mut(user)?;
+    u.conns.remove(&id);
+    if !u.conns.is_empty() {
+        return None;
     }
+    let online_since = u.online_since;
+    st.users.remove(user);
+    Some(Presence::Disconnected {
+        user_id: user.to_owned(),
+        connection_id: id.to_string(),
+        duration_ms: online_since.elapsed().as_millis() as u64,
+        reason: reason.to_owned(),
+    })
 }
