@@ -119,7 +119,7 @@ fn bench_fanout(c: &mut Criterion) {
     let event = decode_event(&bytes, &DecodeOptions::new(&registry)).expect("decodes");
     let metrics = Arc::new(Metrics::new());
     let queue_capacity = 1024;
-    let hub = Hub::new(HubSettings { queue_capacity, max_connections: SUBSCRIBERS + 1 }, metrics.clone());
+    let hub = Hub::new(HubSettings { queue_capacity, max_connections: SUBSCRIBERS + 1, ..HubSettings::default() }, metrics.clone());
     let mut queues = Vec::with_capacity(SUBSCRIBERS);
     for _ in 0..SUBSCRIBERS {
         let reg = hub.register().expect("below the connection limit");

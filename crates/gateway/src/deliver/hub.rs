@@ -519,3 +519,164 @@ fn remove_user_index(st: &mut State, user: &str, id: ConnId, reason: &str) -> Op
         reason: reason.to_owned(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moonx_events::{EventFactory, EventOptions, EventType};
+    use serde_json::json;
+    use std::sync::Mutex as StdMutex;
+
+    fn hub() -> Hub {
+        Hub::new(HubSettings { max_connections_per_user: 2, ..HubSettings::default() }, Arc::new(Metrics::new()))
+    }
+
+    fn event(event_type: &str, user: Option<&str>, data: serde_json::Value) -> Event {
+        EventFactory::new("unit")
+            .create_from_json(&EventType::parse(event_type), data, EventOptions { user_id: user.map(str::to_owned), ..Default::default() })
+            .unwrap()
+    }
+
+    fn price(token: &str) -> Event {
+        event(
+            "price.updated",
+            None,
+            json!({"token": token, "chainId": 1, "price": "1.00", "priceUsd": "1.00", "change24h": "0.01", "volume24h": "10"}),
+        )
+    }
+
+    fn order(user: &str) -> Event {
+        event(
+            "order.created",
+            Some(user),
+            json!({"orderId": "o-1", "userId": user, "tokenIn": "ETH", "tokenOut": "USDT", "amountIn": "1", "amountOutExpected": "3000",
+                   "chainId": 1, "orderType": "market", "status": "pending"}),
+        )
+    }
+
+    fn identity(user: &str, admin: bool, ttl_ms: i64) -> Option<Identity> {
+        let expires_at_ms = (moonx_events::validate::now_ms() as i64 + ttl_ms) as u64;
+        Some(Identity { user_id: user.into(), admin, expires_at_ms })
+    }
+
+    /// The event ids queued for a connection so far.
+    fn received(reg: &mut Registration) -> Vec<u128> {
+        std::iter::from_fn(|| reg.queue.try_recv().ok()).map(|f| f.event_id).collect()
+    }
+
+    fn publish(hub: &Hub, channel: Channel, audience: Audience, e: &Event) -> u128 {
+        hub.publish(Route { channel, audience }, e, None);
+        e.metadata.event_id.as_u128()
+    }
+
+    #[test]
+    fn private_events_follow_the_identity() {
+        let hub = hub();
+        let mut alice = hub.register().unwrap();
+        let mut bob = hub.register().unwrap();
+        let mut anon = hub.register().unwrap();
+        let mut ops = hub.register().unwrap();
+        let mut stale = hub.register().unwrap();
+        hub.set_identity(alice.id, identity("alice", false, 60_000)).unwrap();
+        hub.set_identity(bob.id, identity("bob", false, 60_000)).unwrap();
+        hub.set_identity(ops.id, identity("ops", true, 60_000)).unwrap();
+        hub.set_identity(stale.id, identity("alice", true, -1)).unwrap();
+        for r in [&alice, &bob, &anon, &ops, &stale] {
+            hub.subscribe(r.id, Channel::Orders, None);
+            hub.subscribe(r.id, Channel::System, None);
+        }
+
+        let for_alice = publish(&hub, Channel::Orders, Audience::User("alice".into()), &order("alice"));
+        let for_ops = publish(&hub, Channel::System, Audience::Operators, &order("alice"));
+        assert_eq!(received(&mut alice), vec![for_alice]);
+        assert_eq!(received(&mut ops), vec![for_ops]);
+        for (name, r) in [("bob", &mut bob), ("anonymous", &mut anon), ("expired", &mut stale)] {
+            assert_eq!(received(r), vec![], "{name} received something");
+        }
+
+        // Losing the identity ends private delivery; another user's token does not inherit it.
+        assert_eq!(hub.set_identity(alice.id, None).unwrap(), vec![Channel::Orders, Channel::System]);
+        publish(&hub, Channel::Orders, Audience::User("alice".into()), &order("alice"));
+        assert_eq!(received(&mut alice), vec![]);
+    }
+
+    #[test]
+    fn filtered_and_unfiltered_price_subscribers() {
+        let hub = hub();
+        let mut all = hub.register().unwrap();
+        let mut eth = hub.register().unwrap();
+        let mut btc_sol = hub.register().unwrap();
+        hub.subscribe(all.id, Channel::Prices, None);
+        hub.subscribe(eth.id, Channel::Prices, Some(&["eth".to_owned()]));
+        hub.subscribe(btc_sol.id, Channel::Prices, Some(&["BTC".to_owned(), "Sol".to_owned(), "btc".to_owned()]));
+
+        let e = publish(&hub, Channel::Prices, Audience::Everyone, &price("ETH"));
+        let b = publish(&hub, Channel::Prices, Audience::Everyone, &price("btc"));
+        let s = publish(&hub, Channel::Prices, Audience::Everyone, &price("SOL"));
+        let x = publish(&hub, Channel::Prices, Audience::Everyone, &price("XRP"));
+        assert_eq!(received(&mut all), vec![e, b, s, x]);
+        assert_eq!(received(&mut eth), vec![e]);
+        assert_eq!(received(&mut btc_sol), vec![b, s]);
+
+        // A new filter replaces the old one, in the index too; unsubscribing empties it.
+        hub.subscribe(eth.id, Channel::Prices, Some(&["XRP".to_owned()]));
+        received(&mut eth); // the snapshot of XRP
+        let e2 = publish(&hub, Channel::Prices, Audience::Everyone, &price("ETH"));
+        let x2 = publish(&hub, Channel::Prices, Audience::Everyone, &price("xrp"));
+        assert_eq!(received(&mut eth), vec![x2]);
+        assert_eq!(received(&mut all), vec![e2, x2]);
+        for r in [&all, &eth, &btc_sol] {
+            hub.unsubscribe(r.id, Channel::Prices);
+        }
+        let st = hub.state();
+        assert!(st.prices.is_empty() && st.prices_unfiltered.is_empty() && st.prices_by_token.is_empty());
+    }
+
+    /// The index's promise: a price event visits the connections that want
+    /// it and no other, however many filters other clients hold.
+    #[test]
+    fn a_price_visits_only_the_subscribers_that_want_it() {
+        let hub = Hub::new(HubSettings { max_connections: 10_000, ..HubSettings::default() }, Arc::new(Metrics::new()));
+        let wide: Vec<String> = (0..64).map(|i| format!("tok{i}")).collect();
+        let regs: Vec<Registration> = (0..1000).map(|_| hub.register().unwrap()).collect();
+        for r in &regs {
+            hub.subscribe(r.id, Channel::Prices, Some(&wide));
+        }
+        let plain = hub.register().unwrap();
+        hub.subscribe(plain.id, Channel::Prices, None);
+        let eth = hub.register().unwrap();
+        hub.subscribe(eth.id, Channel::Prices, Some(&["ETH".to_owned()]));
+        let st = hub.state();
+        let visited: HashSet<ConnId> = price_subscribers(&st, "eth").copied().collect();
+        assert_eq!(visited, HashSet::from([plain.id, eth.id]));
+        assert_eq!(price_subscribers(&st, "TOK7").count(), 1001, "the 1,000 filters naming it, plus the unfiltered one");
+        assert_eq!(price_subscribers(&st, &"x".repeat(100)).count(), 1, "a token longer than any filter's: unfiltered only");
+    }
+
+    #[test]
+    fn presence_is_per_user_and_connections_per_user_are_capped() {
+        let hub = hub();
+        let seen = Arc::new(StdMutex::new(Vec::new()));
+        let sink = seen.clone();
+        hub.set_presence_sink(Arc::new(move |p| sink.lock().unwrap().push(p)));
+        let a1 = hub.register().unwrap();
+        let a2 = hub.register().unwrap();
+        let a3 = hub.register().unwrap();
+        hub.set_identity(a1.id, identity("alice", false, 60_000)).unwrap();
+        hub.set_identity(a2.id, identity("alice", false, 60_000)).unwrap();
+        assert_eq!(hub.set_identity(a3.id, identity("alice", false, 60_000)), Err(HubError::TooManyConnectionsForUser));
+        assert_eq!(hub.metrics().connections_rejected.with_label_values(&["max_connections_per_user"]).get(), 1);
+        hub.unregister(a3.id, "client closed");
+        hub.unregister(a1.id, "client closed");
+        {
+            let p = seen.lock().unwrap();
+            assert_eq!(p.len(), 1, "one connected for two connections, nothing for the refused one: {p:?}");
+            assert!(matches!(&p[0], Presence::Connected { user_id, .. } if user_id == "alice"));
+        }
+        hub.unregister(a2.id, "client closed");
+        let p = seen.lock().unwrap();
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(matches!(&p[1], Presence::Disconnected { user_id, reason, .. } if user_id == "alice" && reason == "client closed"));
+        assert!(hub.state().users.is_empty());
+    }
+}

@@ -327,6 +327,7 @@ impl Session {
                     self.close_after_reply = Some((close_code::POLICY_VIOLATION, "too many connections for this user"));
                     return Err(ProtocolError::new(ErrorCode::LimitExceeded, e.to_string(), id.clone()));
                 }
+                tracing::trace!(connection = self.id, user = %identity.user_id, admin = identity.admin, "authenticated");
                 let reply = protocol::authenticated(&identity.user_id, identity.admin, identity.expires_at_ms, id);
                 self.identity = Some(identity);
                 Ok(reply)
