@@ -3,7 +3,8 @@
 //!
 //! Writes are batched: whatever is queued is fed to the socket and flushed
 //! once. Every client error gets an error frame and the connection stays
-//! open, unless the client keeps misbehaving (close 1008). A slow consumer
+//! open, unless the client keeps misbehaving or authenticates beyond its
+//! user's connection limit (close 1008, after the error frame). A slow consumer
 //! is closed with 3008, shutdown with 1001 (going away).
 
 use super::auth::{Authenticator, Identity};
