@@ -315,17 +315,18 @@ struct PresenceDebounce {
     grace: Duration,
     /// Users announced as connected and not yet as disconnected.
     online: std::collections::HashSet<String>,
-    /// Users whose last connection closed, with their held `Disconnected`
-    /// and a generation (a return cancels it).
-    leaving: std::collections::HashMap<String, (u64, Presence)>,
-    /// Deadlines in the order they were set (all `grace` long, so sorted).
-    deadlines: std::collections::VecDeque<(tokio::time::Instant, String, u64)>,
-    generation: u64,
+    /// Users whose last connection closed: when their held `Disconnected`
+    /// is due (a return cancels it).
+    leaving: std::collections::HashMap<String, ((tokio::time::Instant, u64), Presence)>,
+    /// The same deadlines in time order (the sequence number keeps equal
+    /// instants apart), so memory follows the users away, not the churn.
+    deadlines: std::collections::BTreeMap<(tokio::time::Instant, u64), String>,
+    sequence: u64,
 }
 
 impl PresenceDebounce {
     fn new(grace: Duration) -> Self {
-        PresenceDebounce { grace, online: Default::default(), leaving: Default::default(), deadlines: Default::default(), generation: 0 }
+        PresenceDebounce { grace, online: Default::default(), leaving: Default::default(), deadlines: Default::default(), sequence: 0 }
     }
 
     /// What to publish now for a change the hub reported.
@@ -333,7 +334,11 @@ impl PresenceDebounce {
         match &p {
             Presence::Connected { user_id, .. } => {
                 // Back within the grace: as if they never left.
-                if self.leaving.remove(user_id).is_some() || !self.online.insert(user_id.clone()) {
+                if let Some((due, _)) = self.leaving.remove(user_id) {
+                    self.deadlines.remove(&due);
+                    return vec![];
+                }
+                if !self.online.insert(user_id.clone()) {
                     return vec![];
                 }
                 vec![p]
@@ -346,29 +351,30 @@ impl PresenceDebounce {
                     self.online.remove(user_id);
                     return vec![p];
                 }
-                self.generation += 1;
-                self.deadlines.push_back((now + self.grace, user_id.clone(), self.generation));
-                self.leaving.insert(user_id.clone(), (self.generation, p));
+                self.sequence += 1;
+                let due = (now + self.grace, self.sequence);
+                self.deadlines.insert(due, user_id.clone());
+                if let Some((earlier, _)) = self.leaving.insert(user_id.clone(), (due, p)) {
+                    self.deadlines.remove(&earlier);
+                }
                 vec![]
             }
         }
     }
 
     fn next_due(&self) -> Option<tokio::time::Instant> {
-        self.deadlines.front().map(|(at, _, _)| *at)
+        self.deadlines.first_key_value().map(|((at, _), _)| *at)
     }
 
     /// The held `Disconnected`s whose grace has passed.
     fn take_due(&mut self, now: tokio::time::Instant) -> Vec<Presence> {
         let mut out = Vec::new();
-        while let Some((at, _, _)) = self.deadlines.front() {
-            if *at > now {
+        while let Some(entry) = self.deadlines.first_entry() {
+            if entry.key().0 > now {
                 break;
             }
-            let (_, user, generation) = self.deadlines.pop_front().expect("front exists");
-            if self.leaving.get(&user).is_some_and(|(g, _)| *g == generation)
-                && let Some((_, p)) = self.leaving.remove(&user)
-            {
+            let user = entry.remove();
+            if let Some((_, p)) = self.leaving.remove(&user) {
                 self.online.remove(&user);
                 out.push(p);
             }
@@ -400,6 +406,7 @@ mod presence_tests {
             published.extend(d.offer(disconnected("u"), t));
             published.extend(d.take_due(t));
             published.extend(d.offer(connected("u"), t + Duration::from_millis(5)));
+            assert!(d.deadlines.is_empty() && d.leaving.is_empty(), "a return leaves nothing behind");
         }
         let end = t0 + Duration::from_secs(3);
         published.extend(d.offer(disconnected("u"), end));

@@ -1,6 +1,10 @@
 //! HTTP: `GET /health`, `GET /metrics` (Prometheus text), the WebSocket
 //! upgrade at `GET /ws`, the publish API (`POST /api/events`), and the
 //! dashboard (`GET /`, fed by `GET /api/stats`), all on one port.
+//! Credentials are read one way everywhere (`credentials`); the operator
+//! endpoint `GET /api/dead-letters` needs an admin JWT or an admin key.
+//! An upgrade with a non-ASCII or repeated `Origin` is refused like a
+//! foreign one, and malformed upgrades are answered in our words.
 
 pub mod credentials;
 pub mod publish;
