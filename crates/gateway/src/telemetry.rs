@@ -218,3 +218,20 @@ impl Metrics {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    #[test]
+    fn frame_printing_targets_stay_at_info_whatever_else_is_enabled() {
+        let cap = super::never_log_frames();
+        for target in ["tungstenite::protocol", "tungstenite::protocol::frame", "tokio_tungstenite::compat", "hyper::proto::h1::role", "hyper_util::server", "axum::rejection"] {
+            assert!(!cap.would_enable(target, &Level::DEBUG), "{target} at debug");
+            assert!(!cap.would_enable(target, &Level::TRACE), "{target} at trace");
+            assert!(cap.would_enable(target, &Level::INFO), "{target} at info");
+        }
+        assert!(cap.would_enable("moonx_ws::pipeline", &Level::TRACE), "our own targets follow RUST_LOG");
+        assert!(cap.would_enable("rdkafka::client", &Level::DEBUG));
+    }
+}
