@@ -12,6 +12,10 @@
 //! * `fanout`: `Hub::publish` of one event to 1,000 subscribed connections:
 //!   the cost of one publish, reported per delivered frame (the queues are
 //!   drained outside the timed section).
+//! * `price_filters`: `Hub::publish` of one price event to one unfiltered
+//!   subscriber, alone and beside 1,000 subscribers whose 64-token filters
+//!   do not name the token: with the hub's token index the two cost the
+//!   same (issue 9, item 6: before it, each publish scanned every filter).
 //!
 //! Every group reports `Throughput::Elements` (events, or frames for
 //! `fanout`), so criterion prints events/s. Run:
@@ -119,7 +123,7 @@ fn bench_fanout(c: &mut Criterion) {
     let event = decode_event(&bytes, &DecodeOptions::new(&registry)).expect("decodes");
     let metrics = Arc::new(Metrics::new());
     let queue_capacity = 1024;
-    let hub = Hub::new(HubSettings { queue_capacity, max_connections: SUBSCRIBERS + 1 }, metrics.clone());
+    let hub = Hub::new(HubSettings { queue_capacity, max_connections: SUBSCRIBERS + 1, ..HubSettings::default() }, metrics.clone());
     let mut queues = Vec::with_capacity(SUBSCRIBERS);
     for _ in 0..SUBSCRIBERS {
         let reg = hub.register().expect("below the connection limit");
@@ -164,9 +168,57 @@ fn bench_fanout(c: &mut Criterion) {
     g.finish();
 }
 
+/// `Hub::publish` of a price to one subscriber, with and without a crowd of
+/// wide filters that do not match it.
+fn bench_price_filters(c: &mut Criterion) {
+    const CROWD: usize = 1000;
+    let bytes = sample_envelope(now_ms());
+    let registry = TypeRegistry::new();
+    let event = decode_event(&bytes, &DecodeOptions::new(&registry)).expect("decodes");
+    let route = || Route { channel: Channel::Prices, audience: moonx_ws::deliver::Audience::Everyone };
+    let wide: Vec<String> = (0..64).map(|i| format!("never{i}")).collect();
+    let mut g = c.benchmark_group("price_filters");
+    g.throughput(Throughput::Elements(1));
+    for (name, crowd) in [("one_subscriber", 0), ("one_subscriber_beside_1000_wide_filters", CROWD)] {
+        let hub = Hub::new(HubSettings { queue_capacity: 1024, max_connections: CROWD + 1, ..HubSettings::default() }, Arc::new(Metrics::new()));
+        let mut crowd_queues = Vec::new();
+        for _ in 0..crowd {
+            let reg = hub.register().expect("below the connection limit");
+            hub.subscribe(reg.id, Channel::Prices, Some(&wide));
+            crowd_queues.push(reg.queue);
+        }
+        let reg = hub.register().expect("below the connection limit");
+        hub.subscribe(reg.id, Channel::Prices, None);
+        let mut queue = reg.queue;
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let round = left.min(512);
+                    let t = Instant::now();
+                    for _ in 0..round {
+                        hub.publish(route(), black_box(&event), Some(black_box(&bytes)));
+                    }
+                    timed += t.elapsed();
+                    let mut got = 0;
+                    while queue.try_recv().is_ok() {
+                        got += 1;
+                    }
+                    assert_eq!(got, round, "the subscriber got every frame");
+                    assert!(crowd_queues.iter_mut().all(|q| q.try_recv().is_err()), "a non-matching filter got a frame");
+                    left -= round;
+                }
+                timed
+            })
+        });
+    }
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4)).sample_size(50)
 }
 
-criterion_group! { name = benches; config = config(); targets = bench_pipeline, bench_decode, bench_fanout }
+criterion_group! { name = benches; config = config(); targets = bench_pipeline, bench_decode, bench_fanout, bench_price_filters }
 criterion_main!(benches);

@@ -37,6 +37,11 @@ pub mod env {
     pub const WS_PRESENCE_EVENTS: &str = "WS_PRESENCE_EVENTS";
     pub const LOG_FORMAT: &str = "LOG_FORMAT";
     pub const PUBLISH_API_KEYS: &str = "PUBLISH_API_KEYS";
+    pub const ADMIN_API_KEYS: &str = "ADMIN_API_KEYS";
+    pub const JWT_MAX_LIFETIME_SECS: &str = "JWT_MAX_LIFETIME_SECS";
+    pub const WS_MAX_FILTER_TOKENS: &str = "WS_MAX_FILTER_TOKENS";
+    pub const WS_MAX_CONNECTIONS_PER_USER: &str = "WS_MAX_CONNECTIONS_PER_USER";
+    pub const WS_PRESENCE_GRACE_MS: &str = "WS_PRESENCE_GRACE_MS";
 }
 
 /// Where Kafka is.
@@ -167,7 +172,24 @@ pub struct PublishArgs {
     /// the publish API is off (`dev` makes one up and prints it).
     #[arg(long, env = env::PUBLISH_API_KEYS, value_delimiter = ',', hide_env_values = true)]
     pub publish_api_keys: Vec<String>,
+    /// Admin API keys, comma-separated: they open the operator endpoints
+    /// (`GET /api/dead-letters`), as does a JWT with the `admin` role.
+    #[arg(long, env = env::ADMIN_API_KEYS, value_delimiter = ',', hide_env_values = true)]
+    pub admin_api_keys: Vec<String>,
 }
+
+/// Default of `WS_MAX_FILTER_TOKENS`: a watchlist is a few dozen tokens;
+/// the cap keeps one subscription's cost to the hub small.
+pub const DEFAULT_MAX_FILTER_TOKENS: u32 = 64;
+/// Default of `WS_MAX_CONNECTIONS_PER_USER`: a user's tabs and devices fit;
+/// a script opening hundreds does not.
+pub const DEFAULT_MAX_CONNECTIONS_PER_USER: u32 = 32;
+/// Default of `WS_PRESENCE_GRACE_MS`: a page reload or a network blip
+/// reconnects within a few seconds and should not count as leaving.
+pub const DEFAULT_PRESENCE_GRACE_MS: u64 = 5_000;
+/// Upper bound of `JWT_MAX_LIFETIME_SECS`: ten years keeps `exp` in
+/// milliseconds far below 2^53.
+pub const MAX_TOKEN_LIFETIME_SECS_LIMIT: u64 = 10 * 366 * 24 * 3600;
 
 fn default_instance_id() -> String {
     std::env::var("HOSTNAME")
@@ -193,6 +215,11 @@ pub struct WsArgs {
     /// HS256 secret of client JWTs. Without it, every client is anonymous.
     #[arg(long, env = env::JWT_SECRET, hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// How far in the future a token's `exp` may be, in seconds; tokens
+    /// beyond are refused.
+    #[arg(long, env = env::JWT_MAX_LIFETIME_SECS, default_value_t = crate::deliver::auth::DEFAULT_MAX_TOKEN_LIFETIME_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_TOKEN_LIFETIME_SECS_LIMIT))]
+    pub jwt_max_lifetime_secs: u64,
     /// Allowed `Origin`s of WebSocket upgrades, comma-separated; `*` allows
     /// any. Requests without an Origin (non-browser clients) are allowed.
     #[arg(long, env = env::ALLOWED_ORIGINS, default_value = "*", value_delimiter = ',')]
@@ -219,4 +246,15 @@ pub struct WsArgs {
     /// Produce user.connected / user.disconnected for authenticated users.
     #[arg(long, env = env::WS_PRESENCE_EVENTS, default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub presence_events: bool,
+    /// Most tokens in the `tokens` filter of a `prices` subscription.
+    #[arg(long, env = env::WS_MAX_FILTER_TOKENS, default_value_t = DEFAULT_MAX_FILTER_TOKENS, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_filter_tokens: u32,
+    /// Most simultaneous connections authenticated as one user (per
+    /// instance); a further one is refused with an error frame and closed.
+    #[arg(long, env = env::WS_MAX_CONNECTIONS_PER_USER, default_value_t = DEFAULT_MAX_CONNECTIONS_PER_USER, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_user: u32,
+    /// A user's `user.disconnected` waits this long after their last
+    /// connection closed; reconnecting within it emits nothing.
+    #[arg(long, env = env::WS_PRESENCE_GRACE_MS, default_value_t = DEFAULT_PRESENCE_GRACE_MS, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub presence_grace_ms: u64,
 }

@@ -104,7 +104,11 @@ impl Gateway {
         let GatewayConfig { source, common: CommonArgs { pipeline: pipeline_args, http, ws, publish } } = self.config;
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(
-            HubSettings { queue_capacity: ws.queue_capacity as usize, max_connections: ws.max_connections },
+            HubSettings {
+                queue_capacity: ws.queue_capacity as usize,
+                max_connections: ws.max_connections,
+                max_connections_per_user: ws.max_connections_per_user as usize,
+            },
             metrics.clone(),
         );
         let (default_host, instance) = match &source {
@@ -173,19 +177,21 @@ impl Gateway {
         };
 
         if let (true, Some(p)) = (ws.presence_events, &publisher) {
-            spawn_presence_publisher(&hub, p.clone(), &instance, shutdown.clone(), &mut tasks);
+            let grace = Duration::from_millis(ws.presence_grace_ms);
+            spawn_presence_publisher(&hub, p.clone(), &instance, grace, shutdown.clone(), &mut tasks);
         }
 
         let state = AppState {
             hub: hub.clone(),
             metrics: metrics.clone(),
-            auth: Authenticator::new(ws.jwt_secret.as_deref()),
+            auth: Authenticator::new(ws.jwt_secret.as_deref(), ws.jwt_max_lifetime_secs),
             limits: Limits {
                 max_frame_bytes: ws.max_frame_bytes as usize,
                 max_subscriptions: ws.max_subscriptions,
                 rate_per_sec: ws.rate_limit_per_sec,
                 rate_burst: ws.rate_limit_burst,
                 dedup_window: ws.dedup_window,
+                max_filter_tokens: ws.max_filter_tokens as usize,
                 ..Limits::default()
             },
             allowed_origins: Arc::new(ws.allowed_origins.clone()),
@@ -195,6 +201,7 @@ impl Gateway {
             started: std::time::Instant::now(),
             publisher: publisher.clone(),
             publish_keys: Arc::new(publish.publish_api_keys.into_iter().filter(|k| !k.is_empty()).collect()),
+            admin_keys: Arc::new(publish.admin_api_keys.into_iter().filter(|k| !k.is_empty()).collect()),
             published_ids: Arc::new(std::sync::Mutex::new(PublishedIds::default())),
             factory: Arc::new(EventFactory::new("http-api").with_registry(registry.clone())),
             registry,
@@ -231,7 +238,23 @@ impl Gateway {
 
 /// Publishes `user.connected` / `user.disconnected` for authenticated users
 /// (to the main topic, keyed by userId) without ever blocking a session.
-fn spawn_presence_publisher(hub: &Hub, publisher: Publisher, instance: &str, shutdown: CancellationToken, tasks: &mut JoinSet<()>) {
+///
+/// Presence is per user and debounced, so that connection churn cannot
+/// flood the topic and the operators: the hub reports a user's first
+/// connection and their last disconnection; `user.connected` is published
+/// when a user who is not online comes; `user.disconnected` only once the
+/// user has stayed away for `grace`, and a return within the grace
+/// publishes nothing. A user's successive `user.connected` are therefore
+/// more than `grace` apart, and so are their `user.disconnected`: at most
+/// two presence events per user in any window of length `grace`.
+fn spawn_presence_publisher(
+    hub: &Hub,
+    publisher: Publisher,
+    instance: &str,
+    grace: Duration,
+    shutdown: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Presence>(10_000);
     let metrics = hub.metrics().clone();
     hub.set_presence_sink(Arc::new(move |p| {
@@ -242,35 +265,169 @@ fn spawn_presence_publisher(hub: &Hub, publisher: Publisher, instance: &str, shu
     let factory = EventFactory::new("moonx-ws");
     let instance = instance.to_owned();
     tasks.spawn(async move {
+        let mut debounce = PresenceDebounce::new(grace);
         loop {
-            let p = tokio::select! {
-                p = rx.recv() => match p { Some(p) => p, None => break },
+            let due = debounce.next_due();
+            let ready = tokio::select! {
+                p = rx.recv() => match p { Some(p) => debounce.offer(p, tokio::time::Instant::now()), None => break },
+                _ = sleep_until(due) => debounce.take_due(tokio::time::Instant::now()),
                 _ = shutdown.cancelled() => break,
             };
-            let event = match p {
-                Presence::Connected { user_id, connection_id } => factory.create(
-                    UserConnected { user_id: user_id.clone(), connection_id: format!("{instance}-{connection_id}"), instance_id: instance.clone() },
-                    EventOptions::user(user_id),
-                ),
-                Presence::Disconnected { user_id, connection_id, duration_ms, reason } => factory.create(
-                    UserDisconnected {
-                        user_id: user_id.clone(),
-                        connection_id: format!("{instance}-{connection_id}"),
-                        instance_id: instance.clone(),
-                        reason: Some(reason),
-                        duration_ms: Some(duration_ms),
-                    },
-                    EventOptions::user(user_id),
-                ),
-            };
-            match event {
-                Ok(e) => {
-                    if let Err(err) = publisher.publish(&e).await {
-                        tracing::warn!("presence event not published: {err:#}");
+            for p in ready {
+                let event = match p {
+                    Presence::Connected { user_id, connection_id } => factory.create(
+                        UserConnected { user_id: user_id.clone(), connection_id: format!("{instance}-{connection_id}"), instance_id: instance.clone() },
+                        EventOptions::user(user_id),
+                    ),
+                    Presence::Disconnected { user_id, connection_id, duration_ms, reason } => factory.create(
+                        UserDisconnected {
+                            user_id: user_id.clone(),
+                            connection_id: format!("{instance}-{connection_id}"),
+                            instance_id: instance.clone(),
+                            reason: Some(reason),
+                            duration_ms: Some(duration_ms),
+                        },
+                        EventOptions::user(user_id),
+                    ),
+                };
+                match event {
+                    Ok(e) => {
+                        if let Err(err) = publisher.publish(&e).await {
+                            tracing::warn!("presence event not published: {err:#}");
+                        }
                     }
+                    Err(errs) => tracing::warn!("presence event invalid: {errs}"),
                 }
-                Err(errs) => tracing::warn!("presence event invalid: {errs}"),
             }
         }
     });
+}
+
+async fn sleep_until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The presence rule of [`spawn_presence_publisher`], without I/O.
+struct PresenceDebounce {
+    grace: Duration,
+    /// Users announced as connected and not yet as disconnected.
+    online: std::collections::HashSet<String>,
+    /// Users whose last connection closed: when their held `Disconnected`
+    /// is due (a return cancels it).
+    leaving: std::collections::HashMap<String, ((tokio::time::Instant, u64), Presence)>,
+    /// The same deadlines in time order (the sequence number keeps equal
+    /// instants apart), so memory follows the users away, not the churn.
+    deadlines: std::collections::BTreeMap<(tokio::time::Instant, u64), String>,
+    sequence: u64,
+}
+
+impl PresenceDebounce {
+    fn new(grace: Duration) -> Self {
+        PresenceDebounce { grace, online: Default::default(), leaving: Default::default(), deadlines: Default::default(), sequence: 0 }
+    }
+
+    /// What to publish now for a change the hub reported.
+    fn offer(&mut self, p: Presence, now: tokio::time::Instant) -> Vec<Presence> {
+        match &p {
+            Presence::Connected { user_id, .. } => {
+                // Back within the grace: as if they never left.
+                if let Some((due, _)) = self.leaving.remove(user_id) {
+                    self.deadlines.remove(&due);
+                    return vec![];
+                }
+                if !self.online.insert(user_id.clone()) {
+                    return vec![];
+                }
+                vec![p]
+            }
+            Presence::Disconnected { user_id, .. } => {
+                if !self.online.contains(user_id) {
+                    return vec![];
+                }
+                if self.grace.is_zero() {
+                    self.online.remove(user_id);
+                    return vec![p];
+                }
+                self.sequence += 1;
+                let due = (now + self.grace, self.sequence);
+                self.deadlines.insert(due, user_id.clone());
+                if let Some((earlier, _)) = self.leaving.insert(user_id.clone(), (due, p)) {
+                    self.deadlines.remove(&earlier);
+                }
+                vec![]
+            }
+        }
+    }
+
+    fn next_due(&self) -> Option<tokio::time::Instant> {
+        self.deadlines.first_key_value().map(|((at, _), _)| *at)
+    }
+
+    /// The held `Disconnected`s whose grace has passed.
+    fn take_due(&mut self, now: tokio::time::Instant) -> Vec<Presence> {
+        let mut out = Vec::new();
+        while let Some(entry) = self.deadlines.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let user = entry.remove();
+            if let Some((_, p)) = self.leaving.remove(&user) {
+                self.online.remove(&user);
+                out.push(p);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod presence_tests {
+    use super::*;
+
+    fn connected(u: &str) -> Presence {
+        Presence::Connected { user_id: u.into(), connection_id: "1".into() }
+    }
+
+    fn disconnected(u: &str) -> Presence {
+        Presence::Disconnected { user_id: u.into(), connection_id: "1".into(), duration_ms: 0, reason: "client closed".into() }
+    }
+
+    #[test]
+    fn churn_within_the_grace_publishes_one_connect_and_one_disconnect() {
+        let grace = Duration::from_secs(5);
+        let mut d = PresenceDebounce::new(grace);
+        let t0 = tokio::time::Instant::now();
+        let mut published = d.offer(connected("u"), t0);
+        for i in 0..300 {
+            let t = t0 + Duration::from_millis(i * 10);
+            published.extend(d.offer(disconnected("u"), t));
+            published.extend(d.take_due(t));
+            published.extend(d.offer(connected("u"), t + Duration::from_millis(5)));
+            assert!(d.deadlines.is_empty() && d.leaving.is_empty(), "a return leaves nothing behind");
+        }
+        let end = t0 + Duration::from_secs(3);
+        published.extend(d.offer(disconnected("u"), end));
+        assert!(d.take_due(end + grace - Duration::from_millis(1)).is_empty(), "held during the grace");
+        published.extend(d.take_due(end + grace));
+        assert_eq!(published, vec![connected("u"), disconnected("u")]);
+        assert!(d.deadlines.is_empty() && d.leaving.is_empty() && d.online.is_empty(), "nothing retained");
+    }
+
+    #[test]
+    fn a_user_away_longer_than_the_grace_is_announced_again() {
+        let grace = Duration::from_secs(1);
+        let mut d = PresenceDebounce::new(grace);
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(d.offer(connected("u"), t0), vec![connected("u")]);
+        assert_eq!(d.offer(connected("v"), t0), vec![connected("v")]);
+        assert!(d.offer(disconnected("u"), t0).is_empty());
+        assert_eq!(d.take_due(t0 + grace), vec![disconnected("u")]);
+        assert_eq!(d.offer(connected("u"), t0 + grace * 2), vec![connected("u")]);
+        let zero = &mut PresenceDebounce::new(Duration::ZERO);
+        assert_eq!(zero.offer(connected("w"), t0), vec![connected("w")]);
+        assert_eq!(zero.offer(disconnected("w"), t0), vec![disconnected("w")]);
+    }
 }

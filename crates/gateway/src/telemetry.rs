@@ -10,12 +10,37 @@ use prometheus::{
 /// Installs the tracing subscriber: `RUST_LOG` filters, `LOG_FORMAT=json`
 /// switches to JSON lines. Logs go to stderr so that `tail` and `produce`
 /// keep stdout for their output.
+///
+/// Tokens are never logged, whatever `RUST_LOG` says: the libraries that
+/// print whole frames or request heads at debug/trace (the WebSocket
+/// library prints every `auth` message; HTTP parsing prints headers and
+/// the upgrade's `?token=`) are capped at info by a second filter that
+/// `RUST_LOG` cannot loosen.
 pub fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{fmt, EnvFilter};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn"));
     let json = std::env::var(crate::config::env::LOG_FORMAT).is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
+    let registry = tracing_subscriber::registry().with(filter).with(never_log_frames());
+    let _ = if json {
+        registry.with(fmt::layer().json().flatten_event(true).with_writer(std::io::stderr)).try_init()
+    } else {
+        registry.with(fmt::layer().with_writer(std::io::stderr)).try_init()
+    };
+}
+
+/// Targets that log frame payloads or request heads below info.
+const FRAME_LOGGING_TARGETS: [&str; 6] = ["tungstenite", "tokio_tungstenite", "hyper", "hyper_util", "axum", "h2"];
+
+/// Caps [`FRAME_LOGGING_TARGETS`] at info, and passes everything else on
+/// to `RUST_LOG`'s filter.
+fn never_log_frames() -> tracing_subscriber::filter::Targets {
+    FRAME_LOGGING_TARGETS
+        .iter()
+        .fold(tracing_subscriber::filter::Targets::new().with_default(tracing::Level::TRACE), |t, target| {
+            t.with_target(*target, tracing::Level::INFO)
+        })
 }
 
 /// A clock read once per 10 ms by a background thread, for checks that
@@ -191,5 +216,22 @@ impl Metrics {
             "consumerLag": lag as i64,
             "latencyBuckets": {"le": le, "counts": counts, "count": count, "sum": sum},
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    #[test]
+    fn frame_printing_targets_stay_at_info_whatever_else_is_enabled() {
+        let cap = super::never_log_frames();
+        for target in ["tungstenite::protocol", "tungstenite::protocol::frame", "tokio_tungstenite::compat", "hyper::proto::h1::role", "hyper_util::server", "axum::rejection"] {
+            assert!(!cap.would_enable(target, &Level::DEBUG), "{target} at debug");
+            assert!(!cap.would_enable(target, &Level::TRACE), "{target} at trace");
+            assert!(cap.would_enable(target, &Level::INFO), "{target} at info");
+        }
+        assert!(cap.would_enable("moonx_ws::pipeline", &Level::TRACE), "our own targets follow RUST_LOG");
+        assert!(cap.would_enable("rdkafka::client", &Level::DEBUG));
     }
 }

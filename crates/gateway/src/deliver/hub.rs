@@ -8,6 +8,14 @@
 //! for every delivery: public events to subscribers of `prices`, a user's
 //! events only to connections authenticated as that user, internal events
 //! only to admins, never after the token expired.
+//!
+//! Bounded work per event: `prices` subscribers are indexed by filter
+//! token (unfiltered subscribers, plus lowercase token -> subscribers), so
+//! a price event visits only the connections that want it, whatever the
+//! other clients' filters are. Each user has at most
+//! `max_connections_per_user` connections, and presence is reported per
+//! user, not per connection: `Connected` when a user's first connection is
+//! authenticated, `Disconnected` when their last one ends.
 
 use super::auth::Identity;
 use super::{Audience, Channel};
@@ -39,16 +47,23 @@ pub struct Frame {
 pub struct HubSettings {
     pub queue_capacity: usize,
     pub max_connections: usize,
+    /// Connections authenticated as one user, at most.
+    pub max_connections_per_user: usize,
 }
 
 impl Default for HubSettings {
     fn default() -> Self {
-        HubSettings { queue_capacity: 1024, max_connections: 100_000 }
+        HubSettings {
+            queue_capacity: 1024,
+            max_connections: 100_000,
+            max_connections_per_user: crate::config::DEFAULT_MAX_CONNECTIONS_PER_USER as usize,
+        }
     }
 }
 
 /// A presence change of an authenticated user (for `user.connected` /
-/// `user.disconnected` events).
+/// `user.disconnected` events): the user's first connection on this
+/// instance opened, or their last one closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Presence {
     Connected { user_id: String, connection_id: String },
@@ -65,7 +80,6 @@ struct Conn {
     /// Set with `kill`: checked on every publish, and an atomic load is
     /// cheaper than asking the token (which takes a lock).
     killed: AtomicBool,
-    connected_at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -73,13 +87,23 @@ struct State {
     conns: HashMap<ConnId, Conn>,
     /// Subscribers of `prices`, with their optional token filter.
     prices: HashMap<ConnId, Option<TokenFilter>>,
+    /// The index of `prices`: subscribers without a filter...
+    prices_unfiltered: HashSet<ConnId>,
+    /// ...and, per lowercase token, the subscribers whose filter names it.
+    prices_by_token: HashMap<String, HashSet<ConnId>>,
     /// Connections authenticated as each user.
-    users: HashMap<String, HashSet<ConnId>>,
+    users: HashMap<String, UserConns>,
     /// Admin connections subscribed to `system`.
     operators: HashSet<ConnId>,
     /// The latest price frame per token and chain (turned into a snapshot
     /// frame when someone subscribes).
     latest_prices: BTreeMap<String, BTreeMap<u64, Outbound>>,
+}
+
+/// A user's connections, and since when the user has had one.
+struct UserConns {
+    conns: HashSet<ConnId>,
+    online_since: std::time::Instant,
 }
 
 struct Inner {
@@ -100,6 +124,8 @@ pub struct Hub {
 pub enum HubError {
     #[error("the server has reached its connection limit")]
     TooManyConnections,
+    #[error("this user has too many connections open (WS_MAX_CONNECTIONS_PER_USER)")]
+    TooManyConnectionsForUser,
 }
 
 /// What a new connection gets from the hub.
@@ -160,7 +186,6 @@ impl Hub {
                 channels: [false; 5],
                 kill: kill.clone(),
                 killed: AtomicBool::new(false),
-                connected_at: std::time::Instant::now(),
             },
         );
         self.inner.metrics.connections.set(st.conns.len() as i64);
@@ -172,21 +197,13 @@ impl Hub {
             let mut st = self.state();
             let Some(conn) = st.conns.get(&id) else { return };
             let identity = conn.identity.clone();
-            let connected_at = conn.connected_at;
             for ch in Channel::ALL {
                 remove_subscription(&mut st, id, ch, &self.inner.metrics);
             }
-            if let Some(ident) = &identity {
-                remove_user_index(&mut st, &ident.user_id, id);
-            }
+            let presence = identity.and_then(|i| remove_user_index(&mut st, &i.user_id, id, reason));
             st.conns.remove(&id);
             self.inner.metrics.connections.set(st.conns.len() as i64);
-            identity.map(|i| Presence::Disconnected {
-                user_id: i.user_id,
-                connection_id: id.to_string(),
-                duration_ms: connected_at.elapsed().as_millis() as u64,
-                reason: reason.to_owned(),
-            })
+            presence
         };
         if let Some(p) = presence {
             self.emit_presence(p);
@@ -202,15 +219,23 @@ impl Hub {
 
     /// Sets (or clears) who the connection is. A change of user, or losing
     /// the identity, ends its private subscriptions; public ones stay.
-    /// Returns the private channels that were dropped.
-    pub fn set_identity(&self, id: ConnId, identity: Option<Identity>) -> Vec<Channel> {
+    /// Returns the private channels that were dropped; refuses (changing
+    /// nothing) a connection beyond the user's limit.
+    pub fn set_identity(&self, id: ConnId, identity: Option<Identity>) -> Result<Vec<Channel>, HubError> {
         let mut dropped = Vec::new();
         let mut presence = Vec::new();
         {
             let mut st = self.state();
-            let Some(conn) = st.conns.get_mut(&id) else { return dropped };
+            let st = &mut *st;
+            let Some(conn) = st.conns.get_mut(&id) else { return Ok(dropped) };
+            let same_user = conn.identity.as_ref().map(|o| &o.user_id) == identity.as_ref().map(|n| &n.user_id);
+            if let (false, Some(n)) = (same_user, &identity)
+                && st.users.get(&n.user_id).is_some_and(|u| u.conns.len() >= self.inner.settings.max_connections_per_user)
+            {
+                self.inner.metrics.connections_rejected.with_label_values(&["max_connections_per_user"]).inc();
+                return Err(HubError::TooManyConnectionsForUser);
+            }
             let old = std::mem::replace(&mut conn.identity, identity.clone());
-            let same_user = old.as_ref().map(|o| &o.user_id) == identity.as_ref().map(|n| &n.user_id);
             let still_admin = identity.as_ref().is_some_and(|i| i.admin);
             let to_drop: Vec<Channel> = Channel::ALL
                 .into_iter()
@@ -222,29 +247,30 @@ impl Hub {
                 })
                 .collect();
             for ch in &to_drop {
-                remove_subscription(&mut st, id, *ch, &self.inner.metrics);
+                remove_subscription(st, id, *ch, &self.inner.metrics);
             }
             dropped = to_drop;
             if !same_user {
                 if let Some(o) = &old {
-                    remove_user_index(&mut st, &o.user_id, id);
-                    presence.push(Presence::Disconnected {
-                        user_id: o.user_id.clone(),
-                        connection_id: id.to_string(),
-                        duration_ms: 0,
-                        reason: "identity changed".into(),
-                    });
+                    let reason = if identity.is_some() { "identity changed" } else { "token expired" };
+                    presence.extend(remove_user_index(st, &o.user_id, id, reason));
                 }
                 if let Some(n) = &identity {
-                    st.users.entry(n.user_id.clone()).or_default().insert(id);
-                    presence.push(Presence::Connected { user_id: n.user_id.clone(), connection_id: id.to_string() });
+                    let user = st.users.entry(n.user_id.clone()).or_insert_with(|| UserConns {
+                        conns: HashSet::new(),
+                        online_since: std::time::Instant::now(),
+                    });
+                    user.conns.insert(id);
+                    if user.conns.len() == 1 {
+                        presence.push(Presence::Connected { user_id: n.user_id.clone(), connection_id: id.to_string() });
+                    }
                 }
             }
         }
         for p in presence {
             self.emit_presence(p);
         }
-        dropped
+        Ok(dropped)
     }
 
     /// Records a subscription (the session has checked access) and, for
@@ -274,6 +300,18 @@ impl Hub {
                         });
                         if conn.tx.try_send(snapshot).is_ok() {
                             queued += 1;
+                        }
+                    }
+                }
+                // A new filter replaces the previous one, in the index too.
+                unindex_prices(st, id);
+                match &filter {
+                    None => {
+                        st.prices_unfiltered.insert(id);
+                    }
+                    Some(f) => {
+                        for t in &f.0 {
+                            st.prices_by_token.entry(t.clone()).or_default().insert(id);
                         }
                     }
                 }
@@ -365,21 +403,14 @@ impl Hub {
             }
         };
         match &route.audience {
-            Audience::Everyone => {
-                let token = price_token.map(|(t, _)| t);
-                for (id, filter) in &st.prices {
-                    let passes = match (filter, token) {
-                        (Some(f), Some(t)) => f.admits(t),
-                        _ => true,
-                    };
-                    if passes {
-                        offer(id);
-                    }
-                }
-            }
+            Audience::Everyone => match price_token {
+                Some((token, _)) => price_subscribers(st, token).for_each(&mut offer),
+                // A public event that is not a price goes to every subscriber.
+                None => st.prices.keys().for_each(&mut offer),
+            },
             Audience::User(u) => {
-                if let Some(ids) = st.users.get(u) {
-                    ids.iter().for_each(&mut offer);
+                if let Some(user) = st.users.get(u) {
+                    user.conns.iter().for_each(&mut offer);
                 }
             }
             Audience::Operators => st.operators.iter().for_each(&mut offer),
@@ -390,18 +421,60 @@ impl Hub {
     }
 }
 
-/// The `tokens` filter of a `prices` subscription (case-insensitive; a
-/// handful of tokens, so a list beats a set).
+/// The `tokens` filter of a `prices` subscription: lowercase, without
+/// repeats (matching is case-insensitive).
 #[derive(Debug, Clone)]
 struct TokenFilter(Vec<String>);
 
 impl TokenFilter {
     fn new(tokens: &[String]) -> Self {
-        TokenFilter(tokens.to_vec())
+        let mut lower: Vec<String> = tokens.iter().map(|t| t.to_ascii_lowercase()).collect();
+        lower.sort_unstable();
+        lower.dedup();
+        TokenFilter(lower)
     }
 
     fn admits(&self, token: &str) -> bool {
         self.0.iter().any(|t| t.eq_ignore_ascii_case(token))
+    }
+}
+
+/// The subscribers of `prices` that want a price of `token`: the
+/// unfiltered ones and those whose filter names it, found through the
+/// index (never by scanning filters).
+fn price_subscribers<'a>(st: &'a State, token: &str) -> impl Iterator<Item = &'a ConnId> {
+    // Filter tokens are at most MAX_FILTER_TOKEN_BYTES long: lowercase on
+    // the stack, and a longer token cannot be in any filter.
+    let mut buf = [0u8; super::protocol::MAX_FILTER_TOKEN_BYTES];
+    let filtered = (token.len() <= buf.len())
+        .then(|| {
+            let lower = &mut buf[..token.len()];
+            lower.copy_from_slice(token.as_bytes());
+            lower.make_ascii_lowercase();
+            // ASCII lowercasing keeps UTF-8 valid.
+            std::str::from_utf8(lower).ok().and_then(|l| st.prices_by_token.get(l))
+        })
+        .flatten();
+    st.prices_unfiltered.iter().chain(filtered.into_iter().flatten())
+}
+
+/// Takes a connection out of the `prices` index.
+fn unindex_prices(st: &mut State, id: ConnId) {
+    match st.prices.get(&id) {
+        Some(Some(filter)) => {
+            for t in &filter.0 {
+                if let Some(set) = st.prices_by_token.get_mut(t) {
+                    set.remove(&id);
+                    if set.is_empty() {
+                        st.prices_by_token.remove(t);
+                    }
+                }
+            }
+        }
+        Some(None) => {
+            st.prices_unfiltered.remove(&id);
+        }
+        None => {}
     }
 }
 
@@ -418,6 +491,7 @@ fn remove_subscription(st: &mut State, id: ConnId, channel: Channel, metrics: &M
     metrics.subscriptions.with_label_values(&[channel.as_str()]).dec();
     match channel {
         Channel::Prices => {
+            unindex_prices(st, id);
             st.prices.remove(&id);
         }
         Channel::System => {
@@ -428,11 +502,181 @@ fn remove_subscription(st: &mut State, id: ConnId, channel: Channel, metrics: &M
     true
 }
 
-fn remove_user_index(st: &mut State, user: &str, id: ConnId) {
-    if let Some(set) = st.users.get_mut(user) {
-        set.remove(&id);
-        if set.is_empty() {
-            st.users.remove(user);
+/// Removes a connection from its user; when it was the user's last, the
+/// user's `Disconnected`.
+fn remove_user_index(st: &mut State, user: &str, id: ConnId, reason: &str) -> Option<Presence> {
+    let u = st.users.get_mut(user)?;
+    u.conns.remove(&id);
+    if !u.conns.is_empty() {
+        return None;
+    }
+    let online_since = u.online_since;
+    st.users.remove(user);
+    Some(Presence::Disconnected {
+        user_id: user.to_owned(),
+        connection_id: id.to_string(),
+        duration_ms: online_since.elapsed().as_millis() as u64,
+        reason: reason.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moonx_events::{EventFactory, EventOptions, EventType};
+    use serde_json::json;
+    use std::sync::Mutex as StdMutex;
+
+    fn hub() -> Hub {
+        Hub::new(HubSettings { max_connections_per_user: 2, ..HubSettings::default() }, Arc::new(Metrics::new()))
+    }
+
+    fn event(event_type: &str, user: Option<&str>, data: serde_json::Value) -> Event {
+        EventFactory::new("unit")
+            .create_from_json(&EventType::parse(event_type), data, EventOptions { user_id: user.map(str::to_owned), ..Default::default() })
+            .unwrap()
+    }
+
+    fn price(token: &str) -> Event {
+        event(
+            "price.updated",
+            None,
+            json!({"token": token, "chainId": 1, "price": "1.00", "priceUsd": "1.00", "change24h": "0.01", "volume24h": "10"}),
+        )
+    }
+
+    fn order(user: &str) -> Event {
+        event(
+            "order.created",
+            Some(user),
+            json!({"orderId": "o-1", "userId": user, "tokenIn": "ETH", "tokenOut": "USDT", "amountIn": "1", "amountOutExpected": "3000",
+                   "chainId": 1, "orderType": "market", "status": "pending"}),
+        )
+    }
+
+    fn identity(user: &str, admin: bool, ttl_ms: i64) -> Option<Identity> {
+        let expires_at_ms = (moonx_events::validate::now_ms() as i64 + ttl_ms) as u64;
+        Some(Identity { user_id: user.into(), admin, expires_at_ms })
+    }
+
+    /// The event ids queued for a connection so far.
+    fn received(reg: &mut Registration) -> Vec<u128> {
+        std::iter::from_fn(|| reg.queue.try_recv().ok()).map(|f| f.event_id).collect()
+    }
+
+    fn publish(hub: &Hub, channel: Channel, audience: Audience, e: &Event) -> u128 {
+        hub.publish(Route { channel, audience }, e, None);
+        e.metadata.event_id.as_u128()
+    }
+
+    #[test]
+    fn private_events_follow_the_identity() {
+        let hub = hub();
+        let mut alice = hub.register().unwrap();
+        let mut bob = hub.register().unwrap();
+        let mut anon = hub.register().unwrap();
+        let mut ops = hub.register().unwrap();
+        let mut stale = hub.register().unwrap();
+        hub.set_identity(alice.id, identity("alice", false, 60_000)).unwrap();
+        hub.set_identity(bob.id, identity("bob", false, 60_000)).unwrap();
+        hub.set_identity(ops.id, identity("ops", true, 60_000)).unwrap();
+        hub.set_identity(stale.id, identity("alice", true, -1)).unwrap();
+        for r in [&alice, &bob, &anon, &ops, &stale] {
+            hub.subscribe(r.id, Channel::Orders, None);
+            hub.subscribe(r.id, Channel::System, None);
         }
+
+        let for_alice = publish(&hub, Channel::Orders, Audience::User("alice".into()), &order("alice"));
+        let for_ops = publish(&hub, Channel::System, Audience::Operators, &order("alice"));
+        assert_eq!(received(&mut alice), vec![for_alice]);
+        assert_eq!(received(&mut ops), vec![for_ops]);
+        for (name, r) in [("bob", &mut bob), ("anonymous", &mut anon), ("expired", &mut stale)] {
+            assert_eq!(received(r), vec![], "{name} received something");
+        }
+
+        // Losing the identity ends private delivery; another user's token does not inherit it.
+        assert_eq!(hub.set_identity(alice.id, None).unwrap(), vec![Channel::Orders, Channel::System]);
+        publish(&hub, Channel::Orders, Audience::User("alice".into()), &order("alice"));
+        assert_eq!(received(&mut alice), vec![]);
+    }
+
+    #[test]
+    fn filtered_and_unfiltered_price_subscribers() {
+        let hub = hub();
+        let mut all = hub.register().unwrap();
+        let mut eth = hub.register().unwrap();
+        let mut btc_sol = hub.register().unwrap();
+        hub.subscribe(all.id, Channel::Prices, None);
+        hub.subscribe(eth.id, Channel::Prices, Some(&["eth".to_owned()]));
+        hub.subscribe(btc_sol.id, Channel::Prices, Some(&["BTC".to_owned(), "Sol".to_owned(), "btc".to_owned()]));
+
+        let e = publish(&hub, Channel::Prices, Audience::Everyone, &price("ETH"));
+        let b = publish(&hub, Channel::Prices, Audience::Everyone, &price("btc"));
+        let s = publish(&hub, Channel::Prices, Audience::Everyone, &price("SOL"));
+        let x = publish(&hub, Channel::Prices, Audience::Everyone, &price("XRP"));
+        assert_eq!(received(&mut all), vec![e, b, s, x]);
+        assert_eq!(received(&mut eth), vec![e]);
+        assert_eq!(received(&mut btc_sol), vec![b, s]);
+
+        // A new filter replaces the old one, in the index too; unsubscribing empties it.
+        hub.subscribe(eth.id, Channel::Prices, Some(&["XRP".to_owned()]));
+        received(&mut eth); // the snapshot of XRP
+        let e2 = publish(&hub, Channel::Prices, Audience::Everyone, &price("ETH"));
+        let x2 = publish(&hub, Channel::Prices, Audience::Everyone, &price("xrp"));
+        assert_eq!(received(&mut eth), vec![x2]);
+        assert_eq!(received(&mut all), vec![e2, x2]);
+        for r in [&all, &eth, &btc_sol] {
+            hub.unsubscribe(r.id, Channel::Prices);
+        }
+        let st = hub.state();
+        assert!(st.prices.is_empty() && st.prices_unfiltered.is_empty() && st.prices_by_token.is_empty());
+    }
+
+    /// The index's promise: a price event visits the connections that want
+    /// it and no other, however many filters other clients hold.
+    #[test]
+    fn a_price_visits_only_the_subscribers_that_want_it() {
+        let hub = Hub::new(HubSettings { max_connections: 10_000, ..HubSettings::default() }, Arc::new(Metrics::new()));
+        let wide: Vec<String> = (0..64).map(|i| format!("tok{i}")).collect();
+        let regs: Vec<Registration> = (0..1000).map(|_| hub.register().unwrap()).collect();
+        for r in &regs {
+            hub.subscribe(r.id, Channel::Prices, Some(&wide));
+        }
+        let plain = hub.register().unwrap();
+        hub.subscribe(plain.id, Channel::Prices, None);
+        let eth = hub.register().unwrap();
+        hub.subscribe(eth.id, Channel::Prices, Some(&["ETH".to_owned()]));
+        let st = hub.state();
+        let visited: HashSet<ConnId> = price_subscribers(&st, "eth").copied().collect();
+        assert_eq!(visited, HashSet::from([plain.id, eth.id]));
+        assert_eq!(price_subscribers(&st, "TOK7").count(), 1001, "the 1,000 filters naming it, plus the unfiltered one");
+        assert_eq!(price_subscribers(&st, &"x".repeat(100)).count(), 1, "a token longer than any filter's: unfiltered only");
+    }
+
+    #[test]
+    fn presence_is_per_user_and_connections_per_user_are_capped() {
+        let hub = hub();
+        let seen = Arc::new(StdMutex::new(Vec::new()));
+        let sink = seen.clone();
+        hub.set_presence_sink(Arc::new(move |p| sink.lock().unwrap().push(p)));
+        let a1 = hub.register().unwrap();
+        let a2 = hub.register().unwrap();
+        let a3 = hub.register().unwrap();
+        hub.set_identity(a1.id, identity("alice", false, 60_000)).unwrap();
+        hub.set_identity(a2.id, identity("alice", false, 60_000)).unwrap();
+        assert_eq!(hub.set_identity(a3.id, identity("alice", false, 60_000)), Err(HubError::TooManyConnectionsForUser));
+        assert_eq!(hub.metrics().connections_rejected.with_label_values(&["max_connections_per_user"]).get(), 1);
+        hub.unregister(a3.id, "client closed");
+        hub.unregister(a1.id, "client closed");
+        {
+            let p = seen.lock().unwrap();
+            assert_eq!(p.len(), 1, "one connected for two connections, nothing for the refused one: {p:?}");
+            assert!(matches!(&p[0], Presence::Connected { user_id, .. } if user_id == "alice"));
+        }
+        hub.unregister(a2.id, "client closed");
+        let p = seen.lock().unwrap();
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(matches!(&p[1], Presence::Disconnected { user_id, reason, .. } if user_id == "alice" && reason == "client closed"));
+        assert!(hub.state().users.is_empty());
     }
 }

@@ -10,6 +10,10 @@ use super::Channel;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+/// Longest token name in a `tokens` filter, in bytes: token symbols are a
+/// few characters; a longer one is a mistake or an attack on the filter.
+pub const MAX_FILTER_TOKEN_BYTES: usize = 32;
+
 /// Stable error codes of `{"type":"error"}` frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
@@ -93,9 +97,16 @@ struct Raw {
 /// Parses one client text frame.
 pub fn parse(text: &str) -> Result<ClientMessage, ProtocolError> {
     let raw: Raw = match serde_json::from_str::<Value>(text) {
-        Ok(v @ Value::Object(_)) => serde_json::from_value(v).map_err(|e| ProtocolError::new(ErrorCode::BadRequest, e.to_string(), None))?,
+        Ok(v @ Value::Object(_)) => serde_json::from_value(v).map_err(|e| {
+            tracing::debug!("client message not understood: {e}");
+            ProtocolError::new(ErrorCode::BadRequest, "the message's fields cannot be read", None)
+        })?,
         Ok(_) => return Err(ProtocolError::new(ErrorCode::BadRequest, "a message must be a JSON object", None)),
-        Err(e) => return Err(ProtocolError::new(ErrorCode::BadRequest, format!("not JSON: {e}"), None)),
+        Err(e) => {
+            // The parser's wording ("expected value at line 1 …") stays in the log.
+            tracing::debug!("client message is not JSON: {e}");
+            return Err(ProtocolError::new(ErrorCode::BadRequest, "not JSON: send a JSON object such as {\"type\":\"ping\"}", None));
+        }
     };
     let id = raw.id.filter(|v| v.is_string() || v.is_number());
     let bad = |msg: &str| ProtocolError::new(ErrorCode::BadRequest, msg, id.clone());
@@ -118,6 +129,9 @@ pub fn parse(text: &str) -> Result<ClientMessage, ProtocolError> {
                     items
                         .into_iter()
                         .map(|t| match t {
+                            Value::String(s) if s.len() > MAX_FILTER_TOKEN_BYTES => {
+                                Err(bad(&format!("a token in \"tokens\" is at most {MAX_FILTER_TOKEN_BYTES} bytes")))
+                            }
                             Value::String(s) if !s.is_empty() => Ok(s),
                             _ => Err(bad("\"tokens\" must be an array of non-empty strings")),
                         })
@@ -130,7 +144,7 @@ pub fn parse(text: &str) -> Result<ClientMessage, ProtocolError> {
         "unsubscribe" => Request::Unsubscribe { channel: string_field(raw.channel, "channel")? },
         "auth" => Request::Auth { token: string_field(raw.token, "token")? },
         "ping" => Request::Ping,
-        other => return Err(bad(&format!("unknown message type {other:?}"))),
+        _ => return Err(bad("unknown message type: use subscribe, unsubscribe, auth or ping")),
     };
     Ok(ClientMessage { id, request })
 }

@@ -3,10 +3,11 @@
 //!
 //! Writes are batched: whatever is queued is fed to the socket and flushed
 //! once. Every client error gets an error frame and the connection stays
-//! open, unless the client keeps misbehaving (close 1008). A slow consumer
+//! open, unless the client keeps misbehaving or authenticates beyond its
+//! user's connection limit (close 1008, after the error frame). A slow consumer
 //! is closed with 3008, shutdown with 1001 (going away).
 
-use super::auth::{AuthError, Authenticator, Identity};
+use super::auth::{Authenticator, Identity};
 use super::dedup::RecentIds;
 use super::hub::{ConnId, Hub, Outbound};
 use super::protocol::{self, close_code, ErrorCode, ProtocolError, Request};
@@ -28,6 +29,8 @@ pub struct Limits {
     pub dedup_window: usize,
     /// Consecutive client errors after which the connection is closed.
     pub max_consecutive_errors: u32,
+    /// Most tokens in a `prices` filter.
+    pub max_filter_tokens: usize,
 }
 
 impl Default for Limits {
@@ -39,6 +42,7 @@ impl Default for Limits {
             rate_burst: 40,
             dedup_window: 1024,
             max_consecutive_errors: 20,
+            max_filter_tokens: crate::config::DEFAULT_MAX_FILTER_TOKENS as usize,
         }
     }
 }
@@ -88,6 +92,8 @@ struct Session {
     latency: [Histogram; 5],
     /// A subscription acknowledged to the client, to record once the reply is out.
     pending_subscription: Option<(Channel, Option<Vec<String>>)>,
+    /// Set when the reply being sent is the last: the connection then closes.
+    close_after_reply: Option<(u16, &'static str)>,
 }
 
 enum Exit {
@@ -126,6 +132,7 @@ pub async fn run(
         consecutive_errors: 0,
         latency,
         pending_subscription: None,
+        close_after_reply: None,
     };
     let (mut sink, mut stream) = socket.split();
     let mut queue = reg.queue;
@@ -137,6 +144,9 @@ pub async fn run(
     }
 
     let exit = loop {
+        if let Some((code, reason)) = session.close_after_reply.take() {
+            break Exit::Close(code, reason);
+        }
         let expiry = session.identity.as_ref().map(|i| i.expires_at_ms);
         tokio::select! {
             biased;
@@ -270,6 +280,12 @@ impl Session {
                 if tokens.is_some() && ch != Channel::Prices {
                     return Err(err(ErrorCode::BadRequest, "\"tokens\" filters only the prices channel".into()));
                 }
+                if let Some(t) = &tokens
+                    && t.len() > self.limits.max_filter_tokens
+                {
+                    let max = self.limits.max_filter_tokens;
+                    return Err(err(ErrorCode::BadRequest, format!("a \"tokens\" filter holds at most {max} tokens (WS_MAX_FILTER_TOKENS)")));
+                }
                 self.check_access(ch, id)?;
                 if !self.hub.is_subscribed(self.id, ch) && self.hub.subscription_count(self.id) >= self.limits.max_subscriptions {
                     return Err(err(ErrorCode::LimitExceeded, format!("at most {} subscriptions per connection (WS_MAX_SUBSCRIPTIONS)", self.limits.max_subscriptions)));
@@ -307,22 +323,23 @@ impl Session {
     fn authenticate(&mut self, token: &str, id: &Option<serde_json::Value>) -> Result<String, ProtocolError> {
         match self.auth.verify(token) {
             Ok(identity) => {
+                if let Err(e) = self.hub.set_identity(self.id, Some(identity.clone())) {
+                    // Beyond the user's connection limit: refused, then closed.
+                    self.close_after_reply = Some((close_code::POLICY_VIOLATION, "too many connections for this user"));
+                    return Err(ProtocolError::new(ErrorCode::LimitExceeded, e.to_string(), id.clone()));
+                }
+                tracing::trace!(connection = self.id, user = %identity.user_id, admin = identity.admin, "authenticated");
                 let reply = protocol::authenticated(&identity.user_id, identity.admin, identity.expires_at_ms, id);
-                self.hub.set_identity(self.id, Some(identity.clone()));
                 self.identity = Some(identity);
                 Ok(reply)
             }
-            Err(e) => {
-                let code = match e {
-                    AuthError::NotConfigured | AuthError::Expired | AuthError::Invalid(_) => ErrorCode::Unauthorized,
-                };
-                Err(ProtocolError::new(code, e.to_string(), id.clone()))
-            }
+            Err(e) => Err(ProtocolError::new(ErrorCode::Unauthorized, e.to_string(), id.clone())),
         }
     }
 
     fn expire(&mut self) {
         self.identity = None;
-        self.hub.set_identity(self.id, None);
+        // Clearing an identity is never refused.
+        let _ = self.hub.set_identity(self.id, None);
     }
 }

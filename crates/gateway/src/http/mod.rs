@@ -1,7 +1,12 @@
 //! HTTP: `GET /health`, `GET /metrics` (Prometheus text), the WebSocket
 //! upgrade at `GET /ws`, the publish API (`POST /api/events`), and the
 //! dashboard (`GET /`, fed by `GET /api/stats`), all on one port.
+//! Credentials are read one way everywhere (`credentials`); the operator
+//! endpoint `GET /api/dead-letters` needs an admin JWT or an admin key.
+//! An upgrade with a non-ASCII or repeated `Origin` is refused like a
+//! foreign one, and malformed upgrades are answered in our words.
 
+pub mod credentials;
 pub mod publish;
 
 use crate::deliver::auth::Authenticator;
@@ -12,6 +17,8 @@ use crate::source::kafka::ConsumerStatus;
 use crate::source::publish::Publisher;
 use moonx_events::{EventFactory, TypeRegistry};
 use crate::telemetry::Metrics;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -48,6 +55,8 @@ pub struct AppState {
     /// Where published events go (`None` when processing is disabled).
     pub publisher: Option<Publisher>,
     pub publish_keys: Arc<Vec<String>>,
+    /// `ADMIN_API_KEYS`: open the operator endpoints (as does an admin JWT).
+    pub admin_keys: Arc<Vec<String>>,
     pub published_ids: Arc<publish::SharedPublishedIds>,
     pub registry: TypeRegistry,
     pub factory: Arc<EventFactory>,
@@ -89,14 +98,50 @@ async fn stats(State(app): State<AppState>) -> Response {
     Json(body).into_response()
 }
 
-/// The embedded bus's most recent dead letters (newest last).
-async fn dead_letters(State(app): State<AppState>) -> Response {
+/// The embedded bus's most recent dead letters (newest last). They hold
+/// whole payloads (user ids, orders): an admin credential is required.
+async fn dead_letters(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    match admin_access(&app, &headers) {
+        AdminAccess::Granted => {}
+        AdminAccess::Missing => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(json!({"error": "an admin credential is required: Authorization: Bearer <admin JWT or ADMIN_API_KEYS key>, or X-API-Key"})),
+            )
+                .into_response();
+        }
+        AdminAccess::Forbidden => {
+            return (StatusCode::FORBIDDEN, Json(json!({"error": "this endpoint needs the admin role"}))).into_response();
+        }
+    }
     match &app.dead_letters {
         Some(letters) => {
             let l = letters.lock().unwrap_or_else(|p| p.into_inner());
             Json(json!({"deadLetters": l.iter().map(|d| d.body.clone()).collect::<Vec<_>>()})).into_response()
         }
         None => (StatusCode::NOT_FOUND, Json(json!({"error": "dead letters are in the Kafka DLQ topic: `moonx-ws tail --dlq`"}))).into_response(),
+    }
+}
+
+enum AdminAccess {
+    Granted,
+    /// No credential, or one that is neither an admin key nor a valid JWT.
+    Missing,
+    /// A valid JWT without the admin role.
+    Forbidden,
+}
+
+/// An admin API key (`X-API-Key` or Bearer), or a Bearer JWT with the
+/// `admin` role.
+fn admin_access(app: &AppState, headers: &HeaderMap) -> AdminAccess {
+    if credentials::api_key(headers).is_some_and(|k| credentials::key_matches(&app.admin_keys, k)) {
+        return AdminAccess::Granted;
+    }
+    match credentials::bearer(headers).map(|t| app.auth.verify(t)) {
+        Some(Ok(identity)) if identity.admin => AdminAccess::Granted,
+        Some(Ok(_)) => AdminAccess::Forbidden,
+        _ => AdminAccess::Missing,
     }
 }
 
@@ -144,28 +189,44 @@ async fn metrics(State(app): State<AppState>) -> Response {
 }
 
 async fn websocket(
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     State(app): State<AppState>,
     headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Response {
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok())
-        && !origin_allowed(&app.allowed_origins, origin) {
-            app.metrics.connections_rejected.with_label_values(&["origin"]).inc();
-            tracing::warn!(origin, "WebSocket upgrade refused: origin not in ALLOWED_ORIGINS");
-            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    // Our words, not axum's: the rejection's detail goes to the log.
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            tracing::debug!("WebSocket upgrade refused: {e}");
+            return (e.status(), "this endpoint expects a WebSocket upgrade (GET with Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13)").into_response();
         }
+    };
+    let Ok(Query(query)) = query else {
+        return (StatusCode::BAD_REQUEST, "the query string cannot be read: use ?token=<JWT>").into_response();
+    };
+    // An Origin must be one visible-ASCII value: a second one, or bytes
+    // that are not text, are not "no Origin" but a request to refuse.
+    let mut origins = headers.get_all(header::ORIGIN).iter();
+    let origin_refusal = match (origins.next(), origins.next()) {
+        (None, _) => None,
+        (Some(_), Some(_)) => Some("more than one Origin header"),
+        (Some(o), None) => match o.to_str() {
+            Err(_) => Some("the Origin header is not ASCII"),
+            Ok(origin) if !origin_allowed(&app.allowed_origins, origin) => Some("origin not in ALLOWED_ORIGINS"),
+            Ok(_) => None,
+        },
+    };
+    if let Some(why) = origin_refusal {
+        app.metrics.connections_rejected.with_label_values(&["origin"]).inc();
+        tracing::warn!(origin = ?headers.get(header::ORIGIN), "WebSocket upgrade refused: {why}");
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
     if app.hub.connection_count() >= app.hub.max_connections() {
         app.metrics.connections_rejected.with_label_values(&["max_connections"]).inc();
         return (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached").into_response();
     }
-    let token = query.get("token").cloned().or_else(|| {
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::to_owned)
-    });
+    let token = query.get("token").cloned().or_else(|| credentials::bearer(&headers).map(str::to_owned));
     // Small buffers: tungstenite's defaults (128 KiB each) would dominate
     // per-connection memory. Frames above the hard cap end the connection;
     // those between the limit and the cap get an error frame.

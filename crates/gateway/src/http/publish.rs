@@ -55,15 +55,7 @@ fn error(status: StatusCode, message: &str) -> Response {
 }
 
 fn authorized(keys: &[String], headers: &HeaderMap) -> bool {
-    let given = headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")));
-    given.is_some_and(|g| keys.iter().any(|k| !k.is_empty() && constant_time_eq(k.as_bytes(), g.as_bytes())))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    super::credentials::api_key(headers).is_some_and(|given| super::credentials::key_matches(keys, given))
 }
 
 pub async fn publish(State(app): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
