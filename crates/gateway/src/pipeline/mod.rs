@@ -33,8 +33,12 @@ pub enum FailureReason {
     LegacyUnmigratable,
     /// No handler is registered for the event type.
     NoHandler,
-    /// The handler failed permanently, or transiently past the retry budget.
+    /// The handler failed permanently, or transiently past the retry budget,
+    /// or returned a route wider than the event's classification allows.
     HandlerFailed,
+    /// A confidential or restricted event (effective classification) that
+    /// names no owner: nobody may see it.
+    NoAudience,
 }
 
 impl FailureReason {
@@ -46,6 +50,7 @@ impl FailureReason {
             FailureReason::LegacyUnmigratable => "legacy_unmigratable",
             FailureReason::NoHandler => "no_handler",
             FailureReason::HandlerFailed => "handler_failed",
+            FailureReason::NoAudience => "no_audience",
         }
     }
 }
@@ -186,14 +191,14 @@ impl Pipeline {
     }
 
     async fn route(&self, record: &Record<'_>, event: &Event, original: bool) -> Outcome {
-        let Some(handler) = self.router.handler(&event.metadata.event_type) else {
+        if !self.router.has_handler(&event.metadata.event_type) {
             return Outcome::Failed(
                 Failure::new(FailureReason::NoHandler, format!("no handler for {}", event.metadata.event_type)).for_event(event),
             );
-        };
+        }
         let mut attempt = 1;
         let routes = loop {
-            match handler(event).and_then(|routes| router::check_entitlement(event, routes)) {
+            match self.router.routes(event).expect("a handler is registered") {
                 Ok(routes) => break routes,
                 Err(HandlerError::Transient(msg)) if attempt < self.options.handler_max_attempts => {
                     self.metrics.handler_retries.with_label_values(&[event.metadata.event_type.as_str()]).inc();
@@ -202,7 +207,11 @@ impl Pipeline {
                     attempt += 1;
                 }
                 Err(e) => {
-                    let mut f = Failure::new(FailureReason::HandlerFailed, e.to_string()).for_event(event);
+                    let reason = match e {
+                        HandlerError::NoAudience(_) => FailureReason::NoAudience,
+                        _ => FailureReason::HandlerFailed,
+                    };
+                    let mut f = Failure::new(reason, e.to_string()).for_event(event);
                     f.attempts = attempt;
                     return Outcome::Failed(f);
                 }
