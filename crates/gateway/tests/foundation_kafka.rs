@@ -59,10 +59,11 @@ async fn create_topics_reports_and_fixes_drift() {
     let client = moonx_ws::kafka::client_config(&brokers()).create::<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>>().unwrap();
     // An operator's own override (segment.ms) beside a drifted retention.ms.
     // AlterConfigs replaces the whole set, so send both as a person would.
+    let dlq_max = moonx_ws::kafka::admin::DLQ_MAX_MESSAGE_BYTES.to_string();
     let alter = rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(&dlq))
         .set("retention.ms", "1000")
         .set("segment.ms", "3600000")
-        .set("max.message.bytes", &moonx_ws::kafka::admin::DLQ_MAX_MESSAGE_BYTES.to_string());
+        .set("max.message.bytes", &dlq_max);
     for r in client.alter_configs(&[alter], &rdkafka::admin::AdminOptions::new()).await.unwrap() {
         r.unwrap();
     }

@@ -183,8 +183,9 @@ impl Pipeline {
                 };
                 let mut failure = Failure::new(reason, e.to_string());
                 failure.errors = e.validation_errors().cloned();
-                failure.event_type = peek_event_type(payload)
-                    .filter(|t| self.router.registry().is_known(&moonx_events::EventType::parse(t)));
+                let (event_type, event_id) = peek_ids(payload);
+                failure.event_type = event_type.filter(|t| self.router.registry().is_known(&moonx_events::EventType::parse(t)));
+                failure.event_id = event_id.filter(|id| uuid::Uuid::try_parse(id).is_ok());
                 Err(failure)
             }
         }
@@ -237,8 +238,10 @@ impl Pipeline {
     }
 }
 
-/// Best-effort event type of an undecodable record, for the failure label.
-fn peek_event_type(payload: &[u8]) -> Option<String> {
+/// Best-effort event type and id of an undecodable record, for the failure
+/// label and the dead letter's headers (only ones that name a known type or
+/// parse as a UUID are kept, so they are short).
+fn peek_ids(payload: &[u8]) -> (Option<String>, Option<String>) {
     #[derive(serde::Deserialize)]
     struct Peek {
         metadata: PeekMeta,
@@ -246,7 +249,12 @@ fn peek_event_type(payload: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct PeekMeta {
-        event_type: String,
+        event_type: Option<serde_json::Value>,
+        event_id: Option<serde_json::Value>,
     }
-    serde_json::from_slice::<Peek>(payload).ok().map(|p| p.metadata.event_type)
+    let text = |v: Option<serde_json::Value>| v.and_then(|v| v.as_str().map(str::to_owned));
+    match serde_json::from_slice::<Peek>(payload) {
+        Ok(p) => (text(p.metadata.event_type), text(p.metadata.event_id)),
+        Err(_) => (None, None),
+    }
 }
