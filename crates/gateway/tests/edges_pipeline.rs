@@ -437,3 +437,86 @@ async fn produce_file_and_the_publish_api_refuse_a_partition_that_breaks_the_str
     assert_eq!(body["invalid"][0]["errors"][0]["path"], "/metadata/partition", "{body}");
     assert_eq!(record_count(&topics.main), 0, "nothing was published");
 }
+
+#[derive(clap::Parser)]
+struct ServeCli {
+    #[command(flatten)]
+    serve: moonx_ws::config::ServeArgs,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transiently_failing_handler_is_retried_up_to_handler_max_attempts() {
+    use clap::Parser as _;
+    use moonx_events::{CustomType, DataClassification, EventFactory, EventOptions, EventType};
+    use moonx_ws::deliver::{Audience, Channel};
+    use moonx_ws::pipeline::router::{HandlerError, Route, Router};
+    use std::sync::{Arc, Mutex};
+
+    let topics = create_topics("retries").await;
+    let group = unique("retries");
+    let args = [
+        "t", "--brokers", &brokers(), "--main-topic", &topics.main, "--dlq-topic", &topics.dlq, "--group-id", &group,
+        "--instance-id", "r", "--auto-offset-reset", "earliest", "--handler-max-attempts", "4",
+        "--handler-retry-backoff-ms", "1", "--host", "127.0.0.1", "--port", "0", "--jwt-secret", JWT_SECRET,
+    ];
+    let serve = ServeCli::try_parse_from(args).unwrap().serve;
+
+    // `reward.flaky` fails transiently as many times as its data says, then routes to its owner.
+    let attempts: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let mut router = Router::with_built_in_handlers();
+    let seen = attempts.clone();
+    router
+        .register(CustomType::new("reward.flaky", DataClassification::Confidential), move |event| {
+            let mut seen = seen.lock().unwrap();
+            let n = seen.entry(event.metadata.event_id.to_string()).or_insert(0);
+            *n += 1;
+            let failures = serde_json::to_value(&event.data).unwrap()["failures"].as_u64().unwrap();
+            if *n <= failures {
+                return Err(HandlerError::Transient(format!("attempt {n} of {failures} failing")));
+            }
+            let owner = event.metadata.user_id.clone().unwrap();
+            Ok(vec![Route { channel: Channel::Trades, audience: Audience::User(owner) }])
+        })
+        .unwrap();
+    let factory = EventFactory::new("rewards").with_registry(router.registry().clone());
+    let flaky = |failures: u64| {
+        factory
+            .create_from_json(&EventType::parse("reward.flaky"), json!({"failures": failures}), EventOptions::user("user-7"))
+            .unwrap()
+    };
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let gateway = moonx_ws::server::Gateway::new(serve).with_router(router);
+    let task = tokio::spawn(gateway.run_with(shutdown.clone(), move |running| {
+        let _ = ready_tx.send(running);
+    }));
+    let running = ready_rx.await.expect("the gateway starts");
+    let base = format!("http://{}", running.addr);
+    let mut client = Client::authed(&format!("ws://{}/ws", running.addr), "user-7", &[]).await;
+    client.subscribe("trades").await;
+
+    let recovers = flaky(2); // fails twice, routed on the third of 4 attempts
+    let gives_up = flaky(10); // fails 4 times: dead-lettered with attempts=4
+    let marker = flaky(0);
+    let p = producer();
+    for e in [&recovers, &gives_up, &marker] {
+        moonx_ws::kafka::producer::send_event(&p, &topics.main, e).await.unwrap();
+    }
+    let frames = events_until(&mut client, &marker.metadata.event_id.to_string(), T10 * 3).await;
+    assert_eq!(
+        ids_of(&frames),
+        HashSet::from([recovers.metadata.event_id.to_string(), marker.metadata.event_id.to_string()]),
+        "{frames:?}"
+    );
+    let letters = read_letters(&topics.dlq, 1, Duration::from_secs(30)).await;
+    assert_eq!(letters[0].headers["dlq.reason"], "handler_failed");
+    assert_eq!(letters[0].headers["dlq.attempts"], "4");
+    assert_eq!(letters[0].headers["dlq.event_id"], gives_up.metadata.event_id.to_string());
+    assert_eq!(letters[0].value.as_deref(), Some(gives_up.to_json_bytes().as_slice()));
+    let (_, m) = http_get(&format!("{base}/metrics")).await.unwrap();
+    assert_eq!(metric(&m, "moonx_ws_handler_retries_total", &[("event_type", "reward.flaky")]), 5.0, "2 + 3 retries");
+    assert_eq!(attempts.lock().unwrap()[&gives_up.metadata.event_id.to_string()], 4);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
