@@ -15,9 +15,12 @@ fn valid_event(n: usize) -> moonx_events::Event {
     sample_event(ALL_TYPES[n % ALL_TYPES.len()], &format!("user-{}", n % USERS), n)
 }
 
+/// A malformed record, its DLQ reason, and one validation code it must get.
+type Malformed = (Vec<u8>, &'static str, Option<&'static str>);
+
 /// 100 malformed records of five kinds, 20 each, with the DLQ reason (and
 /// for invalid events, one validation code) each must get.
-fn malformed(n: usize) -> (Vec<u8>, &'static str, Option<&'static str>) {
+fn malformed(n: usize) -> Malformed {
     let ts = moonx_events::validate::now_ms();
     match n % 5 {
         0 => (vec![0xff, 0xfe, (n % 256) as u8, 0x00, 0x80], "invalid_json", None),
@@ -35,7 +38,7 @@ fn malformed(n: usize) -> (Vec<u8>, &'static str, Option<&'static str>) {
             (e.to_string().into_bytes(), "invalid_event", Some("classification_downgrade"))
         }
         _ => {
-            let msg = if n % 2 == 0 { json!({"type": "order_teleported", "timestamp": ts}) } else { json!({"type": "price_update"}) };
+            let msg = if n.is_multiple_of(2) { json!({"type": "order_teleported", "timestamp": ts}) } else { json!({"type": "price_update"}) };
             (msg.to_string().into_bytes(), "legacy_unmigratable", None)
         }
     }
@@ -49,7 +52,7 @@ async fn valid_events_are_routed_once_and_malformed_records_dead_lettered_with_t
 
     let producer = producer();
     let mut expected_ids = HashSet::new();
-    let mut bad: HashMap<(i32, i64), (Vec<u8>, &str, Option<&str>)> = HashMap::new();
+    let mut bad: HashMap<(i32, i64), Malformed> = HashMap::new();
     let mut malformed_sent = 0;
     for n in 0..1000 {
         let e = valid_event(n);
@@ -271,16 +274,23 @@ async fn legacy_topics_are_migrated_and_routed() {
         assert_eq!(line["eventType"], *t);
     }
     eventually("the unmigratable record is dead-lettered", Duration::from_secs(30), || async {
-        let letters = read_topic(&topics.dlq, usize::MAX, Duration::from_secs(3)).await;
+        let written = metric(&gw.metrics().await, "moonx_ws_dlq_writes_total", &[("reason", "legacy_unmigratable")]);
+        if written >= 1.0 { Ok(()) } else { Err(format!("{written} written")) }
+    })
+    .await;
+    // Read exactly as many dead letters as were written (no waiting for silence).
+    let written = metric(&gw.metrics().await, "moonx_ws_dlq_writes_total", &[]) as usize;
+    let letters = read_topic(&topics.dlq, written, Duration::from_secs(30)).await;
+    assert_eq!(letters.len(), written);
+    {
         let found = letters.iter().any(|(_, _, _, _, headers)| {
             let h = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
             h("dlq.source.topic").as_deref() == Some("moonx.price.updates")
                 && h("dlq.source.offset") == Some(wrong_at.1.to_string())
                 && h("dlq.reason").as_deref() == Some("legacy_unmigratable")
         });
-        if found { Ok(()) } else { Err("not yet".into()) }
-    })
-    .await;
+        assert!(found, "the unmigratable record's dead letter names its source");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
