@@ -520,3 +520,45 @@ async fn a_transiently_failing_handler_is_retried_up_to_handler_max_attempts() {
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_the_dlq_refuses_for_good_becomes_a_bounded_fallback_letter_and_the_partition_moves_on() {
+    let topics = create_topics("fallback").await;
+    // A DLQ configured smaller than the layout says (drifted): a big dead letter is refused for good.
+    let client = moonx_ws::kafka::client_config(&brokers()).create::<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>>().unwrap();
+    let alter = rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(&topics.dlq)).set("max.message.bytes", "50000");
+    for r in client.alter_configs(&[alter], &rdkafka::admin::AdminOptions::new()).await.unwrap() {
+        r.unwrap();
+    }
+    let admin = moonx_ws::kafka::admin::Admin::connect(&brokers(), T10).unwrap();
+    eventually("the DLQ's limit is 50000", Duration::from_secs(30), || async {
+        let c = admin.topic_configs(&topics.dlq).await.map_err(|e| e.to_string())?;
+        if c.get("max.message.bytes").map(String::as_str) == Some("50000") { Ok(()) } else { Err(format!("{c:?}")) }
+    })
+    .await;
+    let gw = Gateway::start(GatewayConfig::new(&topics));
+    gw.wait_healthy().await;
+    let p = producer();
+    let poison = incompressible(600_000);
+    let at = send_raw(&p, &topics.main, Some("user-9"), &poison).await;
+    let after = sample_event("order.created", "user-9", 1);
+    let after_at = send_raw(&p, &topics.main, Some("user-9"), &after.to_json_bytes()).await;
+    assert_eq!(at.0, after_at.0, "same partition");
+    eventually("the event behind the poison record is routed", Duration::from_secs(60), || async {
+        if gw.routed().contains_key(&after.metadata.event_id.to_string()) { Ok(()) } else { Err("not yet".into()) }
+    })
+    .await;
+    let letters = read_letters(&topics.dlq, 1, Duration::from_secs(30)).await;
+    let l = &letters[0];
+    assert_eq!(l.headers["dlq.reason"], "invalid_json");
+    assert_eq!(l.headers["dlq.source.offset"], at.1.to_string());
+    assert_eq!(l.headers["dlq.payload_truncated"], "600000");
+    assert_eq!(l.value.as_deref(), Some(&poison[..moonx_ws::pipeline::dead_letter::FALLBACK_PREFIX_BYTES]), "a bounded prefix of the original");
+    assert_eq!(l.key.as_deref(), Some(&b"user-9"[..]));
+    let m = gw.metrics().await;
+    assert_eq!(metric(&m, "moonx_ws_dlq_truncated_total", &[("reason", "invalid_json")]), 1.0);
+    assert_eq!(metric(&m, "moonx_ws_dlq_writes_total", &[("reason", "invalid_json")]), 1.0);
+    assert!(gw.logs().contains("fallback letter"), "the fallback is logged");
+    let (code, body) = http_get(&format!("{}/health", gw.base())).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+}
