@@ -157,10 +157,17 @@ async fn the_cli_produces_what_tail_shows() {
     let invalid = lines.iter().find(|l| l["valid"] == false).expect("the garbage");
     assert_eq!(invalid["error"]["code"], "invalid_json");
 
-    // Filters.
-    let (ok, out, _) = run_cli(&["tail", "--from-beginning", "--json", "--type", "order.created", "--idle-exit-secs", "3"], &env);
-    assert!(ok);
-    assert_eq!(out.trim(), "", "no order events were produced");
+    // Filters: an order produced last is the first (and only) line of
+    // `--type order.created`, so the price and the garbage before it were skipped.
+    let order = r#"{"orderId":"o1","userId":"user-t","tokenIn":"ETH","tokenOut":"USDT","amountIn":"1","amountOutExpected":"3000","chainId":1,"orderType":"market","status":"pending"}"#;
+    let (ok, out, err) = run_cli(&["produce", "order.created", order, "--json"], &env);
+    assert!(ok, "{err}");
+    let order_id = serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["eventId"].clone();
+    let (ok, out, err) = run_cli(&["tail", "--from-beginning", "--json", "--type", "order.created", "--max", "1", "--idle-exit-secs", "20"], &env);
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert_eq!(lines[0]["event"]["metadata"]["eventId"], order_id);
 }
 
 #[tokio::test]
