@@ -245,6 +245,8 @@ async fn raised_classifications_reach_exactly_their_audience_from_kafka_and_the_
     ownerless["metadata"]["dataClassification"] = json!("restricted");
     let (code, body) = post(&format!("{}/api/events", gw.base()), &ownerless).await;
     assert_eq!(code, 400, "{body}");
+    // The publish API always validates, so the owner rule answers first.
+    assert_eq!(body["invalid"][0]["errors"][0]["code"], "owner_required", "{body}");
     // Only public prices make the snapshot: a new subscriber gets the markers' tokens, never a raised price.
     let mut late = Client::authed(&url, "user-456", &[]).await;
     late.send_json(json!({"type": "subscribe", "channel": "prices"})).await;
