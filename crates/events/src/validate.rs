@@ -7,6 +7,7 @@
 //! same rules as JSON Schema; the vector tests keep the two in step.
 
 use crate::decimal::is_decimal;
+use crate::partition::partition_key;
 use crate::{DataClassification, EventType, TypeRegistry};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -38,6 +39,10 @@ pub enum ErrorCode {
     OwnerMismatch,
     /// A timestamp before 2020 or too far in the future.
     Timestamp,
+    /// `metadata.partition` differs from the partition-key strategy's key for
+    /// the type (`partition::partition_key`): the record would be keyed
+    /// into the wrong partition and lose per-user order.
+    PartitionMismatch,
 }
 
 impl ErrorCode {
@@ -52,6 +57,7 @@ impl ErrorCode {
             ErrorCode::OwnerRequired => "owner_required",
             ErrorCode::OwnerMismatch => "owner_mismatch",
             ErrorCode::Timestamp => "timestamp",
+            ErrorCode::PartitionMismatch => "partition_mismatch",
         }
     }
 }
@@ -148,6 +154,8 @@ impl<'r> Validator<'r> {
             }
 
         let facts = MetadataFacts {
+            event_type: event_type.as_ref(),
+            partition: m.get("partition").and_then(Value::as_str),
             default_classification: default,
             classification: m
                 .get("dataClassification")
@@ -185,6 +193,23 @@ impl<'r> Validator<'r> {
                     format!("{named:?} differs from metadata.userId {owner:?}"),
                 );
             }
+        // Only for a known type and a non-empty partition (an empty one is
+        // already a `format` error). The owner is metadata.userId, else
+        // data.userId: what the factory and the legacy migration key by.
+        if let (Some(t), Some(_), Some(given)) = (f.event_type, f.default_classification, f.partition)
+            && !given.is_empty()
+        {
+            let non_empty = |s: &&str| !s.is_empty();
+            let owner = f.user_id.filter(non_empty).or(f.data_user_id.filter(non_empty));
+            let expected = partition_key(t, owner, self.registry);
+            if given != expected {
+                errs.push(
+                    "/metadata/partition",
+                    ErrorCode::PartitionMismatch,
+                    format!("is {given:?}, but events of this type are keyed {expected:?} (the partition-key strategy)"),
+                );
+            }
+        }
         if let Some(ts) = f.timestamp {
             if ts < MIN_TIMESTAMP_MS {
                 errs.push(
@@ -229,6 +254,8 @@ impl Validator<'_> {
             return false;
         }
         let facts = MetadataFacts {
+            event_type: Some(&m.event_type),
+            partition: Some(&m.partition),
             default_classification: default,
             classification: Some(m.data_classification),
             user_id: m.user_id.as_deref(),
@@ -257,6 +284,8 @@ fn required_object<'v>(root: &'v Map<String, Value>, key: &str, errs: &mut Error
 }
 
 struct MetadataFacts<'a> {
+    event_type: Option<&'a EventType>,
+    partition: Option<&'a str>,
     default_classification: Option<DataClassification>,
     classification: Option<DataClassification>,
     user_id: Option<&'a str>,

@@ -151,7 +151,7 @@ impl Gateway {
                 };
                 let producer = crate::kafka::producer::create_producer(&kafka.brokers)?;
                 let dead_letters = if consumer.dlq && consumer.dlq_writer {
-                    DeadLetterWriter::Kafka { producer: producer.clone(), topic: kafka.dlq_topic.clone(), instance: instance.clone() }
+                    DeadLetterWriter::Kafka { producer: crate::kafka::producer::create_dlq_producer(&kafka.brokers)?, topic: kafka.dlq_topic.clone(), instance: instance.clone() }
                 } else {
                     DeadLetterWriter::Skip
                 };

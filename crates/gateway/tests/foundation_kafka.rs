@@ -33,7 +33,7 @@ async fn create_topics_is_idempotent_and_configs_read_back_as_specified() {
         assert_eq!(existing.get(&spec.name), Some(&spec.partitions), "partitions of {}", spec.name);
         let configs = admin.topic_configs(&spec.name).await.unwrap();
         for (k, v) in &spec.configs {
-            assert_eq!(configs.get(*k).map(String::as_str), Some(*v), "{}: {k}", spec.name);
+            assert_eq!(configs.get(*k), Some(v), "{}: {k}", spec.name);
         }
     }
     // The exact values of SPEC section 4, independently of topic_layout.
@@ -56,21 +56,47 @@ async fn create_topics_reports_and_fixes_drift() {
     let (ok, _, err) = run_cli(&["create-topics"], &env);
     assert!(ok, "{err}");
     let admin = Admin::connect(&brokers(), Duration::from_secs(30)).unwrap();
-    let alter = rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(&dlq)).set("retention.ms", "1000");
-    rdkafka::admin::AdminClient::<rdkafka::client::DefaultClientContext>::alter_configs(
-        &moonx_ws::kafka::client_config(&brokers()).create().unwrap(),
-        &[alter],
-        &rdkafka::admin::AdminOptions::new(),
-    )
-    .await
-    .unwrap();
+    let client = moonx_ws::kafka::client_config(&brokers()).create::<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>>().unwrap();
+    // An operator's own override (segment.ms) beside a drifted retention.ms.
+    // AlterConfigs replaces the whole set, so send both as a person would.
+    let dlq_max = moonx_ws::kafka::admin::DLQ_MAX_MESSAGE_BYTES.to_string();
+    let alter = rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(&dlq))
+        .set("retention.ms", "1000")
+        .set("segment.ms", "3600000")
+        .set("max.message.bytes", &dlq_max);
+    for r in client.alter_configs(&[alter], &rdkafka::admin::AdminOptions::new()).await.unwrap() {
+        r.unwrap();
+    }
+    // And a main topic with more partitions than the layout (Kafka cannot remove them).
+    let np = rdkafka::admin::NewPartitions::new(&main, 8);
+    for r in client.create_partitions(&[np], &rdkafka::admin::AdminOptions::new()).await.unwrap() {
+        r.unwrap();
+    }
+    eventually("the main topic has 8 partitions", Duration::from_secs(30), || async {
+        match admin.existing_topics().map_err(|e| e.to_string())?.get(&main) {
+            Some(8) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
     let (ok, out, _) = run_cli(&["create-topics", "--fail-on-drift"], &env);
     assert!(!ok, "drift must fail with --fail-on-drift");
     assert!(out.contains(&format!("DRIFT      {dlq}: retention.ms is 1000 (expected 2592000000)")), "{out}");
     let (ok, out, err) = run_cli(&["create-topics", "--fix-drift"], &env);
     assert!(ok, "{err}");
-    assert!(out.contains("fixed"), "{out}");
-    assert_eq!(admin.topic_configs(&dlq).await.unwrap()["retention.ms"], "2592000000");
+    assert!(out.contains(&format!("fixed      {dlq}: retention.ms is 1000")), "{out}");
+    assert!(
+        out.contains(&format!("DRIFT      {main}: partitions is 8 (expected 6): cannot fix, Kafka cannot remove partitions")),
+        "{out}"
+    );
+    assert!(!out.contains(&format!("fixed      {main}:")), "extra partitions are never reported fixed: {out}");
+    let configs = admin.topic_configs(&dlq).await.unwrap();
+    assert_eq!(configs["retention.ms"], "2592000000");
+    assert_eq!(configs["segment.ms"], "3600000", "--fix-drift must keep the topic's other overrides");
+    // Still reported on the next run, and --fail-on-drift still fails for it.
+    let (ok, out, _) = run_cli(&["create-topics", "--fail-on-drift"], &env);
+    assert!(!ok, "{out}");
+    assert!(out.contains(&format!("exists    {dlq} (matches the layout)")), "{out}");
 }
 
 #[tokio::test]
@@ -131,10 +157,17 @@ async fn the_cli_produces_what_tail_shows() {
     let invalid = lines.iter().find(|l| l["valid"] == false).expect("the garbage");
     assert_eq!(invalid["error"]["code"], "invalid_json");
 
-    // Filters.
-    let (ok, out, _) = run_cli(&["tail", "--from-beginning", "--json", "--type", "order.created", "--idle-exit-secs", "3"], &env);
-    assert!(ok);
-    assert_eq!(out.trim(), "", "no order events were produced");
+    // Filters: an order produced last is the first (and only) line of
+    // `--type order.created`, so the price and the garbage before it were skipped.
+    let order = r#"{"orderId":"o1","userId":"user-t","tokenIn":"ETH","tokenOut":"USDT","amountIn":"1","amountOutExpected":"3000","chainId":1,"orderType":"market","status":"pending"}"#;
+    let (ok, out, err) = run_cli(&["produce", "order.created", order, "--json"], &env);
+    assert!(ok, "{err}");
+    let order_id = serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["eventId"].clone();
+    let (ok, out, err) = run_cli(&["tail", "--from-beginning", "--json", "--type", "order.created", "--max", "1", "--idle-exit-secs", "20"], &env);
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert_eq!(lines[0]["event"]["metadata"]["eventId"], order_id);
 }
 
 #[tokio::test]

@@ -12,8 +12,9 @@ pub struct Args {
     /// Replication factor of created topics (1 for a single broker).
     #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
     pub replication_factor: i32,
-    /// Apply the layout's configs to existing topics that drifted (and add
-    /// missing partitions; Kafka cannot remove any).
+    /// Apply the layout's configs to existing topics that drifted, keeping
+    /// their other overrides (and add missing partitions; Kafka cannot remove
+    /// any: extra partitions are reported as DRIFT, not fixed).
     #[arg(long)]
     pub fix_drift: bool,
     /// Exit with status 3 when an existing topic drifted (for CI checks).
@@ -34,10 +35,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut drift = false;
     for r in &reports {
         println!("{r}");
-        drift |= matches!(r.outcome, TopicOutcome::Drift { fixed: false, .. });
+        drift |= matches!(&r.outcome, TopicOutcome::Drift { unfixed, .. } if !unfixed.is_empty());
     }
     if drift && !args.fix_drift {
         eprintln!("some topics differ from the layout; `--fix-drift` applies it");
+    } else if drift {
+        eprintln!("some differences cannot be fixed (see DRIFT above)");
     }
     Ok(if drift && args.fail_on_drift { ExitCode::from(3) } else { ExitCode::SUCCESS })
 }

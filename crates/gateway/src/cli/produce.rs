@@ -116,7 +116,10 @@ fn read_file(path: &std::path::Path, factory: &EventFactory) -> anyhow::Result<V
         let at = |e: anyhow::Error| anyhow::anyhow!("{}:{}: {e:#}", path.display(), n + 1);
         let v: Value = serde_json::from_str(&line).map_err(|e| at(e.into()))?;
         let event = if v.get("metadata").is_some() {
-            decode_event(line.as_bytes(), &DecodeOptions::new(&registry)).map_err(|e| at(e.into()))?
+            decode_event(line.as_bytes(), &DecodeOptions::new(&registry)).map_err(|e| match e {
+                moonx_events::DecodeError::Invalid(errors) => at(refused(errors)),
+                other => at(other.into()),
+            })?
         } else {
             let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
             let event_type = text("type").ok_or_else(|| at(anyhow::anyhow!("missing \"type\"")))?;

@@ -2,8 +2,11 @@
 //! filtered by type, user or correlation id. It reads without a consumer
 //! group (partitions are assigned directly), so it never moves anyone's
 //! committed position. Invalid records are shown as invalid, with why.
+//! Dead letters (`--dlq`) are shown with their reason, errors and original
+//! bytes, read from the `dlq.*` headers and the record's value.
 
 use crate::config::KafkaArgs;
+use crate::pipeline::dead_letter;
 use moonx_events::decode::{decode_event, DecodeOptions};
 use moonx_events::{Event, TypeRegistry};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -80,11 +83,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let coords = format!("{} p{} @{}", m.topic(), m.partition(), m.offset());
         let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
         if args.dlq {
-            let body: Value = serde_json::from_slice(payload).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into()));
-            if !dlq_matches(&args, &body) {
+            let record_headers = headers_of(&m);
+            if !dlq_matches(&args, m.payload(), &record_headers) {
                 continue;
             }
-            print_record(&args, &coords, &m, key.as_deref(), true, &body, None);
+            let letter = dead_letter::view(m.key(), m.payload(), &record_headers);
+            print_dead_letter(&args, &coords, &m, key.as_deref(), &letter);
         } else {
             match decode_event(payload, &DecodeOptions::new(&registry).topic(m.topic())) {
                 Ok(event) => {
@@ -130,9 +134,80 @@ fn matches(args: &Args, e: &Event) -> bool {
         && args.correlation_id.as_ref().is_none_or(|c| &m.correlation_id == c)
 }
 
-fn dlq_matches(args: &Args, body: &Value) -> bool {
-    let text = |k: &str| body.get(k).and_then(Value::as_str);
-    args.event_type.is_empty() || args.event_type.iter().any(|t| Some(t.as_str()) == text("eventType"))
+/// The filters on a dead letter: the type from `dlq.event_type`; the user
+/// and correlation id from the original value's metadata (or legacy
+/// top-level fields), the correlation id also from the original
+/// `correlationId` header.
+fn dlq_matches(args: &Args, value: Option<&[u8]>, record_headers: &[(String, Option<Vec<u8>>)]) -> bool {
+    let header = |name: &str| {
+        record_headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| v.as_deref()).map(String::from_utf8_lossy)
+    };
+    if !args.event_type.is_empty() {
+        let t = header(dead_letter::headers::EVENT_TYPE);
+        if !args.event_type.iter().any(|want| t.as_deref() == Some(want.as_str())) {
+            return false;
+        }
+    }
+    if args.user_id.is_none() && args.correlation_id.is_none() {
+        return true;
+    }
+    let doc: Value = value.and_then(|v| serde_json::from_slice(v).ok()).unwrap_or(Value::Null);
+    let field = |name: &str| {
+        doc.pointer(&format!("/metadata/{name}"))
+            .or_else(|| doc.get(name))
+            .or_else(|| doc.pointer(&format!("/data/{name}")))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let user_ok = args.user_id.as_ref().is_none_or(|u| field("userId").as_ref() == Some(u));
+    let correlation_ok = args.correlation_id.as_ref().is_none_or(|c| {
+        field("correlationId").as_ref() == Some(c)
+            || header(crate::kafka::headers::CORRELATION_ID).as_deref() == Some(c.as_str())
+    });
+    user_ok && correlation_ok
+}
+
+fn headers_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Vec<(String, Option<Vec<u8>>)> {
+    use rdkafka::message::Headers;
+    m.headers()
+        .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect())
+        .unwrap_or_default()
+}
+
+/// Prints a dead letter: why (reason, message, every listed error), where
+/// from, and the original value (its size; the text, cut for the terminal).
+fn print_dead_letter(args: &Args, coords: &str, m: &rdkafka::message::BorrowedMessage<'_>, key: Option<&str>, letter: &Value) {
+    if args.json {
+        print_record(args, coords, m, key, true, letter, None);
+        return;
+    }
+    let s = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+    println!("── {coords}  key={}  DEAD LETTER reason={}", key.unwrap_or("-"), s(&letter["reason"]));
+    println!("   {}", s(&letter["message"]));
+    for e in letter["errors"].as_array().into_iter().flatten() {
+        println!("   {} [{}]: {}", s(&e["path"]), s(&e["code"]), s(&e["message"]));
+    }
+    if letter["errorsOmitted"].as_u64().unwrap_or(0) > 0 {
+        println!("   … and {} more errors", letter["errorsOmitted"]);
+    }
+    let src = &letter["source"];
+    println!(
+        "   from {} p{} @{}  type={} eventId={} attempts={} instance={}",
+        s(&src["topic"]), src["partition"], src["offset"], s(&letter["eventType"]), s(&letter["eventId"]),
+        letter["attempts"], s(&letter["instance"])
+    );
+    match (&letter["payloadBytes"], &letter["payloadTruncatedFrom"]) {
+        (Value::Null, _) => println!("   original: none (a tombstone)"),
+        (n, Value::Null) => println!("   original: {n} bytes"),
+        (n, from) => println!("   original: {from} bytes, of which the DLQ kept the first {n} (the rest was refused)"),
+    }
+    const SHOWN: usize = 2000;
+    if let Some(text) = letter["payloadText"].as_str() {
+        let end = (0..=SHOWN.min(text.len())).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        println!("{}{}", &text[..end], if end < text.len() { " …" } else { "" });
+    } else if let Some(b64) = letter["payloadBase64"].as_str() {
+        println!("   (not UTF-8) base64: {}{}", &b64[..b64.len().min(SHOWN)], if b64.len() > SHOWN { " …" } else { "" });
+    }
 }
 
 fn print_record(

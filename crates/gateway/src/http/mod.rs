@@ -118,7 +118,7 @@ async fn dead_letters(State(app): State<AppState>, headers: HeaderMap) -> Respon
     match &app.dead_letters {
         Some(letters) => {
             let l = letters.lock().unwrap_or_else(|p| p.into_inner());
-            Json(json!({"deadLetters": l.iter().map(|d| d.body.clone()).collect::<Vec<_>>()})).into_response()
+            Json(json!({"deadLetters": l.iter().map(|d| d.to_json()).collect::<Vec<_>>()})).into_response()
         }
         None => (StatusCode::NOT_FOUND, Json(json!({"error": "dead letters are in the Kafka DLQ topic: `moonx-ws tail --dlq`"}))).into_response(),
     }

@@ -131,7 +131,7 @@ fn build(app: &AppState, item: Value) -> Result<(Event, bool), Value> {
         let bytes = serde_json::to_vec(&item).expect("serializable");
         let options = DecodeOptions::new(&app.registry);
         return match decode_event(&bytes, &options) {
-            Ok(e) => Ok((e, true)),
+            Ok(e) => audience_check(app, e).map(|e| (e, true)),
             Err(DecodeError::Invalid(e)) => Err(errs(e)),
             Err(other) => Err(one("", other.code(), other.to_string())),
         };
@@ -165,7 +165,17 @@ fn build(app: &AppState, item: Value) -> Result<(Event, bool), Value> {
     if let Some(id) = event_id {
         event.metadata.event_id = id;
     }
+    let event = audience_check(app, event)?;
     Ok((event, event_id.is_some()))
+}
+
+/// Refuses an event nobody may see (the pipeline would dead-letter it as
+/// `no_audience`): a client error, answered before anything is published.
+fn audience_check(app: &AppState, event: Event) -> Result<Event, Value> {
+    match crate::pipeline::router::check_audience(&event, &app.registry) {
+        Ok(()) => Ok(event),
+        Err(e) => Err(json!([{"path": "/metadata/userId", "code": "no_audience", "message": e.to_string()}])),
+    }
 }
 
 pub type SharedPublishedIds = Mutex<PublishedIds>;

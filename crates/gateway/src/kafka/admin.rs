@@ -2,7 +2,7 @@
 //! missing and reports existing topics, with any drift from the layout.
 
 use rdkafka::admin::{
-    AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
+    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
@@ -13,8 +13,17 @@ use std::time::Duration;
 pub struct TopicSpec {
     pub name: String,
     pub partitions: i32,
-    pub configs: Vec<(&'static str, &'static str)>,
+    pub configs: Vec<(&'static str, String)>,
 }
+
+/// `max.message.bytes` of the main topic: the largest record a producer may write.
+pub const MAIN_MAX_MESSAGE_BYTES: usize = 1_000_000;
+/// Room for what a dead letter adds to the original record: the bounded
+/// `dlq.*` headers (`pipeline::dead_letter`, well under 32 KiB) and batch framing.
+pub const DLQ_HEADER_HEADROOM_BYTES: usize = 64 * 1024;
+/// `max.message.bytes` of the DLQ topic, and the DLQ producer's
+/// `message.max.bytes`: any record the main topic accepts fits as a dead letter.
+pub const DLQ_MAX_MESSAGE_BYTES: usize = MAIN_MAX_MESSAGE_BYTES + DLQ_HEADER_HEADROOM_BYTES;
 
 /// Partitions of each legacy topic (documented in the README).
 pub const LEGACY_PARTITIONS: i32 = 3;
@@ -26,22 +35,25 @@ pub fn topic_layout(main_topic: &str, dlq_topic: &str) -> Vec<TopicSpec> {
             name: main_topic.into(),
             partitions: 6,
             configs: vec![
-                ("cleanup.policy", "delete"),
-                ("retention.ms", "604800000"),
-                ("compression.type", "gzip"),
-                ("max.message.bytes", "1000000"),
+                ("cleanup.policy", "delete".into()),
+                ("retention.ms", "604800000".into()),
+                ("compression.type", "gzip".into()),
+                ("max.message.bytes", MAIN_MAX_MESSAGE_BYTES.to_string()),
             ],
         },
         TopicSpec {
             name: dlq_topic.into(),
             partitions: 2,
-            configs: vec![("retention.ms", "2592000000")],
+            configs: vec![
+                ("retention.ms", "2592000000".into()),
+                ("max.message.bytes", DLQ_MAX_MESSAGE_BYTES.to_string()),
+            ],
         },
     ];
     specs.extend(moonx_events::LEGACY_TOPICS.iter().map(|t| TopicSpec {
         name: (*t).into(),
         partitions: LEGACY_PARTITIONS,
-        configs: vec![("cleanup.policy", "delete"), ("retention.ms", "604800000")],
+        configs: vec![("cleanup.policy", "delete".into()), ("retention.ms", "604800000".into())],
     }));
     specs
 }
@@ -52,8 +64,10 @@ pub enum TopicOutcome {
     Created,
     /// Exists and matches the layout.
     Unchanged,
-    /// Exists but differs; each entry says how. `fixed` when `--fix-drift` applied the layout.
-    Drift { differences: Vec<String>, fixed: bool },
+    /// Exists but differs; each entry says how: `fixed` what `--fix-drift`
+    /// repaired, `unfixed` what still differs (not asked to fix, or that
+    /// Kafka cannot change, like removing partitions).
+    Drift { fixed: Vec<String>, unfixed: Vec<String> },
 }
 
 #[derive(Debug, Clone)]
@@ -68,13 +82,18 @@ impl std::fmt::Display for TopicReport {
         match &self.outcome {
             TopicOutcome::Created => write!(f, "created   {} (partitions={})", s.name, s.partitions),
             TopicOutcome::Unchanged => write!(f, "exists    {} (matches the layout)", s.name),
-            TopicOutcome::Drift { differences, fixed } => write!(
-                f,
-                "{}  {}: {}",
-                if *fixed { "fixed    " } else { "DRIFT    " },
-                s.name,
-                differences.join("; ")
-            ),
+            TopicOutcome::Drift { fixed, unfixed } => {
+                if !fixed.is_empty() {
+                    write!(f, "fixed      {}: {}", s.name, fixed.join("; "))?;
+                    if !unfixed.is_empty() {
+                        writeln!(f)?;
+                    }
+                }
+                if !unfixed.is_empty() {
+                    write!(f, "DRIFT      {}: {}", s.name, unfixed.join("; "))?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -145,28 +164,58 @@ impl Admin {
         }
     }
 
+    /// The topic's dynamic (per-topic) overrides: what an AlterConfigs call
+    /// must send again so as not to reset them.
+    pub async fn topic_overrides(&self, topic: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let res = self.client.describe_configs(&[ResourceSpecifier::Topic(topic)], &self.options()).await?;
+        let resource = res.into_iter().next().ok_or_else(|| anyhow::anyhow!("no config returned for {topic}"))?;
+        let resource = resource.map_err(|e| anyhow::anyhow!("describe {topic}: {e}"))?;
+        Ok(resource
+            .entries
+            .into_iter()
+            .filter(|e| e.source == ConfigSource::DynamicTopic && !e.is_sensitive)
+            .filter_map(|e| Some((e.name, e.value?)))
+            .collect())
+    }
+
     async fn check(&self, spec: &TopicSpec, partitions: i32, fix_drift: bool) -> anyhow::Result<TopicOutcome> {
         let current = self.topic_configs(&spec.name).await?;
         let mut differences = Vec::new();
+        let mut unfixable = Vec::new();
         if partitions != spec.partitions {
-            differences.push(format!("partitions is {partitions} (expected {})", spec.partitions));
+            let d = format!("partitions is {partitions} (expected {})", spec.partitions);
+            if partitions > spec.partitions {
+                unfixable.push(format!("{d}: cannot fix, Kafka cannot remove partitions"));
+            } else {
+                differences.push(d);
+            }
         }
         let config_drift: Vec<_> = spec
             .configs
             .iter()
-            .filter(|(k, v)| current.get(*k).map(String::as_str) != Some(*v))
+            .filter(|(k, v)| current.get(*k) != Some(v))
             .collect();
         for (k, v) in &config_drift {
             let now = current.get(*k).map(String::as_str).unwrap_or("unset");
             differences.push(format!("{k} is {now} (expected {v})"));
         }
-        if differences.is_empty() {
+        if differences.is_empty() && unfixable.is_empty() {
             return Ok(TopicOutcome::Unchanged);
         }
         if fix_drift {
             if !config_drift.is_empty() {
+                // rdkafka 0.39 has no IncrementalAlterConfigs, and AlterConfigs
+                // replaces the topic's whole set of overrides: send the
+                // existing overrides again, with the layout's on top.
+                let mut merged: Vec<(String, String)> = self
+                    .topic_overrides(&spec.name)
+                    .await?
+                    .into_iter()
+                    .filter(|(k, _)| !spec.configs.iter().any(|(name, _)| name == k))
+                    .collect();
+                merged.extend(spec.configs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
                 let mut alter = AlterConfig::new(ResourceSpecifier::Topic(&spec.name));
-                for (k, v) in &spec.configs {
+                for (k, v) in &merged {
                     alter = alter.set(k, v);
                 }
                 for r in self.client.alter_configs(&[alter], &self.options()).await? {
@@ -181,6 +230,10 @@ impl Admin {
                 }
             }
         }
-        Ok(TopicOutcome::Drift { differences, fixed: fix_drift })
+        Ok(if fix_drift {
+            TopicOutcome::Drift { fixed: differences, unfixed: unfixable }
+        } else {
+            TopicOutcome::Drift { fixed: Vec::new(), unfixed: [differences, unfixable].concat() }
+        })
     }
 }

@@ -26,6 +26,22 @@ pub fn create_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
         .create()?)
 }
 
+/// The DLQ's producer: like [`create_producer`], but its `message.max.bytes`
+/// fits the largest dead letter (see `admin::DLQ_MAX_MESSAGE_BYTES`), so a
+/// record the main topic accepted is never refused by our own size check.
+pub fn create_dlq_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
+    let max = super::admin::DLQ_MAX_MESSAGE_BYTES.to_string();
+    Ok(super::client_config(brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("compression.type", "gzip")
+        .set("message.timeout.ms", "30000")
+        .set("message.max.bytes", &max)
+        .set("batch.size", &max)
+        .create()?)
+}
+
 /// The headers of an event record.
 pub fn event_headers(event: &Event) -> OwnedHeaders {
     let id = event.metadata.event_id.to_string();

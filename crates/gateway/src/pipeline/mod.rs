@@ -33,8 +33,12 @@ pub enum FailureReason {
     LegacyUnmigratable,
     /// No handler is registered for the event type.
     NoHandler,
-    /// The handler failed permanently, or transiently past the retry budget.
+    /// The handler failed permanently, or transiently past the retry budget,
+    /// or returned a route wider than the event's classification allows.
     HandlerFailed,
+    /// A confidential or restricted event (effective classification) that
+    /// names no owner: nobody may see it.
+    NoAudience,
 }
 
 impl FailureReason {
@@ -46,6 +50,7 @@ impl FailureReason {
             FailureReason::LegacyUnmigratable => "legacy_unmigratable",
             FailureReason::NoHandler => "no_handler",
             FailureReason::HandlerFailed => "handler_failed",
+            FailureReason::NoAudience => "no_audience",
         }
     }
 }
@@ -178,22 +183,23 @@ impl Pipeline {
                 };
                 let mut failure = Failure::new(reason, e.to_string());
                 failure.errors = e.validation_errors().cloned();
-                failure.event_type = peek_event_type(payload)
-                    .filter(|t| self.router.registry().is_known(&moonx_events::EventType::parse(t)));
+                let (event_type, event_id) = peek_ids(payload);
+                failure.event_type = event_type.filter(|t| self.router.registry().is_known(&moonx_events::EventType::parse(t)));
+                failure.event_id = event_id.filter(|id| uuid::Uuid::try_parse(id).is_ok());
                 Err(failure)
             }
         }
     }
 
     async fn route(&self, record: &Record<'_>, event: &Event, original: bool) -> Outcome {
-        let Some(handler) = self.router.handler(&event.metadata.event_type) else {
+        if !self.router.has_handler(&event.metadata.event_type) {
             return Outcome::Failed(
                 Failure::new(FailureReason::NoHandler, format!("no handler for {}", event.metadata.event_type)).for_event(event),
             );
-        };
+        }
         let mut attempt = 1;
         let routes = loop {
-            match handler(event).and_then(|routes| router::check_entitlement(event, routes)) {
+            match self.router.routes(event).expect("a handler is registered") {
                 Ok(routes) => break routes,
                 Err(HandlerError::Transient(msg)) if attempt < self.options.handler_max_attempts => {
                     self.metrics.handler_retries.with_label_values(&[event.metadata.event_type.as_str()]).inc();
@@ -202,7 +208,11 @@ impl Pipeline {
                     attempt += 1;
                 }
                 Err(e) => {
-                    let mut f = Failure::new(FailureReason::HandlerFailed, e.to_string()).for_event(event);
+                    let reason = match e {
+                        HandlerError::NoAudience(_) => FailureReason::NoAudience,
+                        _ => FailureReason::HandlerFailed,
+                    };
+                    let mut f = Failure::new(reason, e.to_string()).for_event(event);
                     f.attempts = attempt;
                     return Outcome::Failed(f);
                 }
@@ -228,8 +238,10 @@ impl Pipeline {
     }
 }
 
-/// Best-effort event type of an undecodable record, for the failure label.
-fn peek_event_type(payload: &[u8]) -> Option<String> {
+/// Best-effort event type and id of an undecodable record, for the failure
+/// label and the dead letter's headers (only ones that name a known type or
+/// parse as a UUID are kept, so they are short).
+fn peek_ids(payload: &[u8]) -> (Option<String>, Option<String>) {
     #[derive(serde::Deserialize)]
     struct Peek {
         metadata: PeekMeta,
@@ -237,7 +249,12 @@ fn peek_event_type(payload: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct PeekMeta {
-        event_type: String,
+        event_type: Option<serde_json::Value>,
+        event_id: Option<serde_json::Value>,
     }
-    serde_json::from_slice::<Peek>(payload).ok().map(|p| p.metadata.event_type)
+    let text = |v: Option<serde_json::Value>| v.and_then(|v| v.as_str().map(str::to_owned));
+    match serde_json::from_slice::<Peek>(payload) {
+        Ok(p) => (text(p.metadata.event_type), text(p.metadata.event_id)),
+        Err(_) => (None, None),
+    }
 }

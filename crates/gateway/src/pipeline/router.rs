@@ -2,9 +2,11 @@
 //!
 //! A handler turns an event into the routes it takes to clients: a channel
 //! and an audience. Built-in handlers cover the 11 types (SPEC section 3);
-//! custom types are registered through [`Router::register`]. Whatever a
-//! handler returns, [`check_entitlement`] refuses a route that would show an
-//! event to someone its classification does not allow.
+//! custom types are registered through [`Router::register`]. Who may see an
+//! event follows its *effective* classification ([`effective_classification`]:
+//! the higher of the declared one and the type's minimum), whatever the
+//! producer declared and whatever the settings; whatever a handler returns,
+//! [`check_entitlement`] refuses a route wider than that allows.
 
 use crate::deliver::{Audience, Channel};
 use moonx_events::registry::RegistryError;
@@ -27,14 +29,26 @@ pub enum HandlerError {
     /// Retrying cannot help; the record goes to the DLQ.
     #[error("handler error: {0}")]
     Permanent(String),
+    /// The event's classification allows nobody to see it (a confidential
+    /// or restricted event that names no owner). Permanent; its own DLQ reason.
+    #[error("no possible audience: {0}")]
+    NoAudience(String),
 }
 
 pub type Handler = Arc<dyn Fn(&Event) -> Result<Vec<Route>, HandlerError> + Send + Sync>;
 
+/// What routes an event type: the server's default rule on the type's own
+/// channel (built-in types), or a registered handler.
+#[derive(Clone)]
+enum Routing {
+    Default(Channel),
+    Custom(Handler),
+}
+
 /// The handler map.
 #[derive(Clone)]
 pub struct Router {
-    handlers: HashMap<EventType, Handler>,
+    handlers: HashMap<EventType, Routing>,
     registry: TypeRegistry,
 }
 
@@ -47,32 +61,41 @@ impl Default for Router {
 impl Router {
     /// A router with a handler for each of the 11 built-in types.
     pub fn with_built_in_handlers() -> Self {
-        let mut handlers: HashMap<EventType, Handler> = HashMap::new();
+        let mut handlers = HashMap::new();
         for t in EventType::BUILT_IN {
             let channel = built_in_channel(&t).expect("every built-in type has a channel");
-            handlers.insert(t, Arc::new(move |e: &Event| Ok(vec![default_route(channel, e)])));
+            handlers.insert(t, Routing::Default(channel));
         }
         Router { handlers, registry: TypeRegistry::new() }
     }
 
     /// Registers a custom type and its handler (or replaces the handler of a
-    /// built-in type when `custom` names one).
+    /// built-in type when `custom` names one; the built-in type keeps its
+    /// minimum classification).
     pub fn register<F>(&mut self, custom: CustomType, handler: F) -> Result<(), RegistryError>
     where
         F: Fn(&Event) -> Result<Vec<Route>, HandlerError> + Send + Sync + 'static,
     {
         let event_type = EventType::parse(&custom.name);
-        if event_type.is_built_in() {
-            self.handlers.insert(event_type, Arc::new(handler));
-            return Ok(());
+        if !event_type.is_built_in() {
+            self.registry.register(custom)?;
         }
-        self.registry.register(custom)?;
-        self.handlers.insert(event_type, Arc::new(handler));
+        self.handlers.insert(event_type, Routing::Custom(Arc::new(handler)));
         Ok(())
     }
 
-    pub fn handler(&self, t: &EventType) -> Option<&Handler> {
-        self.handlers.get(t)
+    pub fn has_handler(&self, t: &EventType) -> bool {
+        self.handlers.contains_key(t)
+    }
+
+    /// The routes of an event, checked by [`check_entitlement`]; `None` when
+    /// no handler is registered for its type.
+    pub fn routes(&self, event: &Event) -> Option<Result<Vec<Route>, HandlerError>> {
+        let routes = match self.handlers.get(&event.metadata.event_type)? {
+            Routing::Default(channel) => default_route(*channel, event, &self.registry).map(|r| vec![r]),
+            Routing::Custom(handler) => handler(event),
+        };
+        Some(routes.and_then(|routes| check_entitlement(event, routes, &self.registry)))
     }
 
     pub fn registry(&self) -> &TypeRegistry {
@@ -95,33 +118,80 @@ pub fn built_in_channel(t: &EventType) -> Option<Channel> {
     })
 }
 
-/// The audience an event's classification allows on a channel: everyone
-/// for public, operators for internal, the owner for the rest.
-pub fn default_route(channel: Channel, event: &Event) -> Route {
-    let audience = match event.metadata.data_classification {
-        DataClassification::Public => Audience::Everyone,
-        DataClassification::Internal => Audience::Operators,
-        DataClassification::Confidential | DataClassification::Restricted => {
-            Audience::User(event.metadata.user_id.clone().unwrap_or_default())
-        }
-    };
-    Route { channel, audience }
+/// The classification that decides who may see an event: the higher of the
+/// declared one and the type's minimum (built-in types: SPEC section 3;
+/// custom types: their registered default). It does not depend on the
+/// producer's honesty nor on `EVENT_VALIDATION_ENABLED`. A type with no
+/// known minimum counts as restricted.
+pub fn effective_classification(event: &Event, registry: &TypeRegistry) -> DataClassification {
+    match registry.default_classification(&event.metadata.event_type) {
+        Some(minimum) => event.metadata.data_classification.max(minimum),
+        None => DataClassification::Restricted,
+    }
 }
 
-/// Refuses routes wider than the event's classification allows, whatever
-/// the handler said: entitlement is the server's, not the handler's.
-pub fn check_entitlement(event: &Event, routes: Vec<Route>) -> Result<Vec<Route>, HandlerError> {
-    let class = event.metadata.data_classification;
+/// The owner named by `metadata.userId`, if any.
+fn owner(event: &Event) -> Option<&str> {
+    event.metadata.user_id.as_deref().filter(|u| !u.is_empty())
+}
+
+/// The widest audience the effective classification allows (SPEC section
+/// 5): public → everyone on `channel`; internal → operators on `system`,
+/// whatever the type's own channel; confidential/restricted → the owner on
+/// `channel` (on `system` that is the owner's admin connections, since only
+/// admins subscribe to it).
+pub fn default_route(channel: Channel, event: &Event, registry: &TypeRegistry) -> Result<Route, HandlerError> {
+    Ok(match effective_classification(event, registry) {
+        DataClassification::Public => Route { channel, audience: Audience::Everyone },
+        DataClassification::Internal => Route { channel: Channel::System, audience: Audience::Operators },
+        c @ (DataClassification::Confidential | DataClassification::Restricted) => match owner(event) {
+            Some(u) => Route { channel, audience: Audience::User(u.to_owned()) },
+            None => return Err(no_owner(c)),
+        },
+    })
+}
+
+fn no_owner(c: DataClassification) -> HandlerError {
+    HandlerError::NoAudience(format!("a {c} event must name its owner in metadata.userId"))
+}
+
+/// Whether anyone at all may see the event: `Err(NoAudience)` for a
+/// confidential or restricted event without an owner (reachable with
+/// validation off, or from a custom type).
+pub fn check_audience(event: &Event, registry: &TypeRegistry) -> Result<(), HandlerError> {
+    let class = effective_classification(event, registry);
+    if class.requires_owner() && owner(event).is_none() {
+        return Err(no_owner(class));
+    }
+    Ok(())
+}
+
+/// Refuses routes wider than the event's effective classification allows,
+/// whatever the handler said: entitlement is the server's, not the handler's.
+/// Public: anyone. Internal: operators (or one user's connections on
+/// `system`, which only admins subscribe to). Confidential/restricted: the
+/// owner only, on any channel but as that user.
+pub fn check_entitlement(event: &Event, routes: Vec<Route>, registry: &TypeRegistry) -> Result<Vec<Route>, HandlerError> {
+    check_audience(event, registry)?;
+    let class = effective_classification(event, registry);
     for r in &routes {
-        let allowed = match (&r.audience, class) {
-            (Audience::Everyone, DataClassification::Public) => true,
-            (Audience::Everyone, _) => false,
-            (Audience::Operators, _) => true,
-            (Audience::User(u), DataClassification::Public | DataClassification::Internal) => !u.is_empty(),
-            (Audience::User(u), _) => !u.is_empty() && event.metadata.user_id.as_deref() == Some(u.as_str()),
+        let allowed = match &r.audience {
+            Audience::Everyone => class == DataClassification::Public,
+            Audience::Operators => class <= DataClassification::Internal,
+            Audience::User(u) => {
+                !u.is_empty()
+                    && match class {
+                        DataClassification::Public => true,
+                        DataClassification::Internal => r.channel == Channel::System,
+                        DataClassification::Confidential | DataClassification::Restricted => owner(event) == Some(u.as_str()),
+                    }
+            }
         };
-        let channel_ok = !(r.channel == Channel::Prices && r.audience != Audience::Everyone)
-            && (r.channel == Channel::System) == (r.audience == Audience::Operators);
+        // `system` is for operators, never everyone; `Operators` only exists on `system`.
+        let channel_ok = match r.channel {
+            Channel::System => r.audience != Audience::Everyone,
+            _ => r.audience != Audience::Operators,
+        };
         if !allowed || !channel_ok {
             return Err(HandlerError::Permanent(format!(
                 "route {:?} to {:?} is not allowed for a {class} event",
@@ -153,16 +223,30 @@ mod tests {
     fn built_in_handlers_route_to_the_owner() {
         let r = Router::default();
         let e = order();
-        let routes = r.handler(&e.metadata.event_type).unwrap()(&e).unwrap();
+        let routes = r.routes(&e).unwrap().unwrap();
         assert_eq!(routes, vec![Route { channel: Channel::Orders, audience: Audience::User("u1".into()) }]);
+    }
+
+    #[test]
+    fn a_downgraded_declaration_does_not_widen_the_audience() {
+        let r = Router::default();
+        let mut e = order();
+        e.metadata.data_classification = DataClassification::Public;
+        let routes = r.routes(&e).unwrap().unwrap();
+        assert_eq!(routes, vec![Route { channel: Channel::Orders, audience: Audience::User("u1".into()) }]);
+        e.metadata.user_id = None;
+        assert!(matches!(r.routes(&e), Some(Err(HandlerError::NoAudience(_)))));
     }
 
     #[test]
     fn a_leaky_route_is_refused() {
         let e = order();
         let leak = vec![Route { channel: Channel::Orders, audience: Audience::Everyone }];
-        assert!(check_entitlement(&e, leak).is_err());
+        let registry = TypeRegistry::new();
+        assert!(check_entitlement(&e, leak, &registry).is_err());
         let other_user = vec![Route { channel: Channel::Orders, audience: Audience::User("u2".into()) }];
-        assert!(check_entitlement(&e, other_user).is_err());
+        assert!(check_entitlement(&e, other_user, &registry).is_err());
+        let operators = vec![Route { channel: Channel::System, audience: Audience::Operators }];
+        assert!(check_entitlement(&e, operators, &registry).is_err(), "confidential: the owner only");
     }
 }

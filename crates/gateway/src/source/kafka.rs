@@ -6,9 +6,11 @@
 //! * `enable.auto.offset.store=false`: librdkafka never marks a record done
 //!   by itself. This loop stores a record's offset only after the pipeline
 //!   has *routed* it to the hub, or after its dead letter was acknowledged by
-//!   the DLQ topic (`acks=all`). If the DLQ cannot be written, the loop
-//!   retries and does not move on, so no later offset can be stored past the
-//!   failed one. Stores are batched (`PendingOffsets`): the latest processed
+//!   the DLQ topic (`acks=all`). If the DLQ cannot be written for a
+//!   transient reason, the loop retries and does not move on, so no later
+//!   offset can be stored past the failed one. (A refusal retrying cannot
+//!   change is answered with a fallback letter, then the loop moves on: see
+//!   `pipeline::dead_letter`.) Stores are batched (`PendingOffsets`): the latest processed
 //!   offset per partition is handed to librdkafka every 512 records, every
 //!   100 ms, and before the final commit; a crash re-delivers at most that
 //!   much more, never less.
