@@ -380,3 +380,381 @@ async fn a_real_prometheus_scrapes_every_metric_of_the_rules_and_dashboard_and_t
     assert_eq!(code, 503, "{body}");
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["dlq"]["failing"], true, "{body}");
 }
+
+// ---------------------------------------------------------------- dlq
+
+use moonx_events::{CustomType, DataClassification, EventFactory, EventType};
+use moonx_ws::cli::dlq::{self, ReplayOptions, ReplayOutcome};
+use moonx_ws::deliver::{Audience, Channel};
+use moonx_ws::pipeline::router::{HandlerError, Route, Router};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use std::collections::HashMap;
+use std::io::BufRead;
+
+/// One dead letter in the DLQ format (Kafka Connect's convention): the
+/// original value as-is, original key and headers, the failure in headers.
+struct LetterSpec {
+    id: String,
+    partition: i32,
+    key: Option<String>,
+    value: Vec<u8>,
+    reason: &'static str,
+    event_type: Option<String>,
+    errors: Value,
+    truncated: Option<u64>,
+}
+
+async fn write_letters(p: &rdkafka::producer::FutureProducer, dlq_topic: &str, letters: &[LetterSpec]) {
+    let sends = letters.iter().map(|l| {
+        let (src_topic, rest) = l.id.split_once('/').unwrap();
+        let (src_partition, src_offset) = rest.split_once('/').unwrap();
+        let failed_at = moonx_events::validate::now_ms().to_string();
+        let errors = l.errors.to_string();
+        let truncated = l.truncated.map(|t| t.to_string());
+        let mut h = OwnedHeaders::new()
+            .insert(Header { key: "content-type", value: Some("application/json") })
+            .insert(Header { key: "x-producer", value: Some("rewards-service") });
+        let mut dlq_headers: Vec<(&str, String)> = vec![
+            ("dlq.id", l.id.clone()),
+            ("dlq.reason", l.reason.into()),
+            ("dlq.message", format!("{}: see dlq.errors", l.reason)),
+            ("dlq.errors", errors),
+            ("dlq.source.topic", src_topic.into()),
+            ("dlq.source.partition", src_partition.into()),
+            ("dlq.source.offset", src_offset.into()),
+            ("dlq.source.timestamp", failed_at.clone()),
+            ("dlq.attempts", "1".into()),
+            ("dlq.failed_at", failed_at),
+            ("dlq.instance", "gw-test".into()),
+        ];
+        if let Some(k) = &l.key {
+            dlq_headers.push(("dlq.source.key", k.clone()));
+        }
+        if let Some(t) = &l.event_type {
+            dlq_headers.push(("dlq.event_type", t.clone()));
+        }
+        if let Some(t) = truncated {
+            dlq_headers.push(("dlq.payload_truncated", t));
+        }
+        for (k, v) in &dlq_headers {
+            h = h.insert(Header { key: k, value: Some(v.as_bytes()) });
+        }
+        let mut rec = FutureRecord::<str, [u8]>::to(dlq_topic).partition(l.partition).payload(&l.value).headers(h);
+        if let Some(k) = &l.key {
+            rec = rec.key(k.as_str());
+        }
+        p.send(rec, Duration::from_secs(30))
+    });
+    for r in futures_util::future::join_all(sends).await {
+        r.map_err(|(e, _)| e).expect("write a dead letter");
+    }
+}
+
+/// Every record of `topic` up to a marker produced now to each partition:
+/// everything published before the call is included, nothing is waited
+/// for beyond the markers.
+async fn read_all_until_markers(topic: &str) -> Vec<RawRecord> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Headers;
+    use rdkafka::Message;
+    let p = producer();
+    let consumer: StreamConsumer = moonx_ws::kafka::client_config(&brokers())
+        .set("group.id", unique("marker-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let partitions = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap().topics()[0].partitions().len() as i32;
+    let marker = unique("marker");
+    for partition in 0..partitions {
+        p.send(FutureRecord::<str, str>::to(topic).partition(partition).key("marker").payload(&marker), Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let mut markers = 0;
+    let deadline = std::time::Instant::now() + T60;
+    while markers < partitions {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let m = tokio::time::timeout(left, consumer.recv()).await.expect("markers arrive within 60 s").unwrap();
+        if m.payload() == Some(marker.as_bytes()) {
+            markers += 1;
+            continue;
+        }
+        let headers = m
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())).collect())
+            .unwrap_or_default();
+        out.push((m.partition(), m.offset(), m.key().map(<[u8]>::to_vec), m.payload().unwrap_or_default().to_vec(), headers));
+    }
+    out
+}
+
+/// `dlq.replayed-from` of each record that has it, with how often it occurs.
+fn replayed_from(records: &[RawRecord]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for (_, _, _, _, headers) in records {
+        for (k, v) in headers {
+            if k == "dlq.replayed-from" {
+                *counts.entry(String::from_utf8_lossy(v).into_owned()).or_insert(0) += 1;
+            }
+        }
+    }
+    counts
+}
+
+fn reward_router() -> Router {
+    let mut router = Router::with_built_in_handlers();
+    router
+        .register(CustomType::new("reward.granted", DataClassification::Confidential), |event| {
+            let owner = event.metadata.user_id.clone().ok_or_else(|| HandlerError::Permanent("no owner".into()))?;
+            Ok(vec![Route { channel: Channel::Trades, audience: Audience::User(owner) }])
+        })
+        .expect("a new type");
+    router
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dlq_list_show_and_replay_redrive_a_custom_type_once_to_its_websocket_clients() {
+    let topics = create_topics("ops-replay").await;
+    let router = reward_router();
+    let registry = router.registry().clone();
+    let factory = EventFactory::new("rewards-service").with_registry(registry.clone());
+    let users = ["ana", "ben", "cyd", "dee", "eve"];
+    let events: Vec<_> = (0..50)
+        .map(|i| {
+            let user = users[i % users.len()];
+            factory
+                .create_from_json(&EventType::parse("reward.granted"), serde_json::json!({"points": i, "userId": user}), moonx_events::EventOptions::user(user))
+                .expect("valid with the type registered")
+        })
+        .collect();
+    // Dead-lettered while no handler knew the type. Each partition starts
+    // with a letter that cannot pass today (bad JSON; a truncated value), so
+    // the replay's progress is blocked behind it and must remember the
+    // letters it replayed beyond.
+    let mut letters = vec![
+        LetterSpec {
+            id: format!("{}/0/0", topics.main), partition: 0, key: Some("ana".into()), value: b"{\"metadata\": {".to_vec(),
+            reason: "invalid_json", event_type: None, errors: Value::Null, truncated: None,
+        },
+        LetterSpec {
+            id: format!("{}/1/0", topics.main), partition: 1, key: Some("ben".into()), value: vec![b'{'; 100],
+            reason: "handler_failed", event_type: Some("order.created".into()), errors: Value::Null, truncated: Some(2_000_000),
+        },
+    ];
+    for (i, e) in events.iter().enumerate() {
+        letters.push(LetterSpec {
+            id: format!("{}/{}/{}", topics.main, 2 + i % 4, 100 + i),
+            partition: (i % 2) as i32,
+            key: Some(e.metadata.partition.clone()),
+            value: e.to_json_bytes().to_vec(),
+            reason: "invalid_event",
+            event_type: None, // unknown to the gateway that dead-lettered it
+            errors: serde_json::json!([{"path": "/metadata/eventType", "code": "unknown_event_type", "message": "unknown event type reward.granted"}]),
+            truncated: None,
+        });
+    }
+    let p = producer();
+    write_letters(&p, &topics.dlq, &letters).await;
+    // A duplicate copy (a writer crashed between writing and committing).
+    write_letters(&p, &topics.dlq, &letters[5..6].iter().map(|l| LetterSpec { id: l.id.clone(), partition: 1 - l.partition, key: l.key.clone(),
+        value: l.value.clone(), reason: l.reason, event_type: None, errors: l.errors.clone(), truncated: None }).collect::<Vec<_>>()).await;
+
+    // list: a summary by reason and type; duplicates counted once.
+    let env = [("KAFKA_MAIN_TOPIC", topics.main.as_str()), ("EVENT_DEAD_LETTER_QUEUE_TOPIC", topics.dlq.as_str())];
+    let (ok, out, err) = run_cli(&["dlq", "list", "--json"], &env);
+    assert!(ok, "{err}");
+    let summary: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(summary["total"], 52, "{summary}");
+    assert_eq!(summary["duplicatesSkipped"], 1, "{summary}");
+    let count = |reason: &str, t: &str| {
+        summary["groups"].as_array().unwrap().iter().find(|g| g["reason"] == reason && g["eventType"] == t).map(|g| g["count"].as_u64().unwrap())
+    };
+    assert_eq!(count("invalid_event", "-"), Some(50), "{summary}");
+    assert_eq!(count("invalid_json", "-"), Some(1), "{summary}");
+    assert_eq!(count("handler_failed", "order.created"), Some(1), "{summary}");
+    let (ok, out, err) = run_cli(&["dlq", "list", "--json", "--reason", "invalid_json"], &env);
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(out.trim()).unwrap()["total"], 1, "{out}");
+    let (ok, out, err) = run_cli(&["dlq", "list", "--json", "--since", "2999-01-01T00:00:00Z"], &env);
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(out.trim()).unwrap()["total"], 0, "{out}");
+    let (ok, _, err) = run_cli(&["dlq", "list", "--since", "last tuesday"], &env);
+    assert!(!ok && err.contains("not a time"), "{err}");
+
+    // show: one letter, its errors and the original bytes.
+    let (ok, out, err) = run_cli(&["dlq", "show", &letters[2].id, "--json"], &env);
+    assert!(ok, "{err}");
+    let shown: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(shown["value"].as_str().unwrap().as_bytes(), letters[2].value.as_slice());
+    assert_eq!(shown["errors"][0]["code"], "unknown_event_type", "{shown}");
+    assert_eq!(shown["source"]["key"], "ana", "{shown}");
+    let (ok, out, _) = run_cli(&["dlq", "show", &format!("{}/9/9", topics.main)], &env);
+    assert!(!ok, "an unknown id is an error: {out}");
+
+    // An in-process gateway with the custom handler registered, and a client per user.
+    let port = free_port();
+    let cli = moonx_ws::cli::parse_args([
+        "moonx-ws", "serve", "--brokers", &brokers(), "--main-topic", &topics.main, "--dlq-topic", &topics.dlq,
+        "--group-id", &unique("it"), "--instance-id", "replay", "--auto-offset-reset", "earliest", "--host", "127.0.0.1",
+        "--port", &port.to_string(), "--jwt-secret", JWT_SECRET,
+    ])
+    .unwrap();
+    let moonx_ws::cli::Command::Serve(serve) = cli.command else { panic!("serve") };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let gateway = tokio::spawn(moonx_ws::server::Gateway::new(*serve).with_router(router).run(shutdown.clone()));
+    let base = format!("http://127.0.0.1:{port}");
+    eventually("the in-process gateway is healthy", T60, || {
+        let base = base.clone();
+        async move {
+            match http_get(&format!("{base}/health")).await {
+                Ok((200, _)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let mut clients = Vec::new();
+    for user in users {
+        let mut c = Client::authed(&url, user, &[]).await;
+        c.subscribe("trades").await;
+        clients.push((user, c));
+    }
+
+    let options = ReplayOptions {
+        brokers: brokers(),
+        dlq_topic: topics.dlq.clone(),
+        to: topics.main.clone(),
+        group: unique("replay"),
+        filters: Default::default(),
+        dry_run: true,
+    };
+    // Dry run: says what would happen, publishes nothing.
+    let dry = dlq::replay(&options, &registry, |_| {}).await.unwrap();
+    assert_eq!((dry.replayed(), dry.still_invalid(), dry.truncated(), dry.already_replayed), (50, 1, 1, 1), "{:?}", dry.summary());
+    assert!(dry.outcomes.iter().all(|o| !matches!(o, ReplayOutcome::Replayed { offset: Some(_), .. })));
+
+    // Without the custom type (today's built-in model only) nothing passes.
+    let builtin = Router::with_built_in_handlers().registry().clone();
+    let refused = dlq::replay(&ReplayOptions { dry_run: true, ..options.clone() }, &builtin, |_| {}).await.unwrap();
+    assert_eq!((refused.replayed(), refused.still_invalid()), (0, 51), "{:?}", refused.summary());
+
+    let first = dlq::replay(&ReplayOptions { dry_run: false, ..options.clone() }, &registry, |_| {}).await.unwrap();
+    assert_eq!((first.replayed(), first.still_invalid(), first.truncated(), first.already_replayed), (50, 1, 1, 1), "{:?}", first.summary());
+    let invalid = first.outcomes.iter().find_map(|o| match o { ReplayOutcome::StillInvalid { id, reason, .. } => Some((id.clone(), reason.clone())), _ => None });
+    assert_eq!(invalid, Some((letters[0].id.clone(), "invalid_json".to_owned())));
+
+    // Every client gets exactly its own 10 events.
+    for (user, c) in &mut clients {
+        let expected: BTreeSet<String> = events.iter().filter(|e| e.metadata.user_id.as_deref() == Some(*user)).map(|e| e.metadata.event_id.to_string()).collect();
+        let mut got = Vec::new();
+        while got.len() < expected.len() {
+            let v = c.recv(Duration::from_secs(30)).await.unwrap_or_else(|| panic!("{user}: only {} of {} events", got.len(), expected.len()));
+            if v["type"] == "event" {
+                assert_eq!(v["event"]["metadata"]["eventType"], "reward.granted", "{v}");
+                got.push(v["event"]["metadata"]["eventId"].as_str().unwrap().to_owned());
+            }
+        }
+        assert_eq!(got.iter().cloned().collect::<BTreeSet<_>>(), expected, "{user}");
+        assert_eq!(got.len(), expected.len(), "{user}: no event twice");
+    }
+
+    // A second replay publishes nothing; the unsettled letters are reported again.
+    let second = dlq::replay(&ReplayOptions { dry_run: false, ..options.clone() }, &registry, |_| {}).await.unwrap();
+    assert_eq!((second.replayed(), second.still_invalid(), second.truncated(), second.already_replayed), (0, 1, 1, 51), "{:?}", second.summary());
+
+    // On the main topic: each letter exactly once, with its original key and headers.
+    let records = read_all_until_markers(&topics.main).await;
+    let replayed = replayed_from(&records);
+    let expected_ids: BTreeSet<String> = letters[2..].iter().map(|l| l.id.clone()).collect();
+    assert_eq!(replayed.keys().cloned().collect::<BTreeSet<_>>(), expected_ids);
+    assert!(replayed.values().all(|&n| n == 1), "a letter published twice: {replayed:?}");
+    for (_, _, key, value, headers) in records.iter().filter(|r| r.4.iter().any(|(k, _)| k == "dlq.replayed-from")) {
+        let id = String::from_utf8_lossy(&headers.iter().find(|(k, _)| k == "dlq.replayed-from").unwrap().1).into_owned();
+        let letter = letters.iter().find(|l| l.id == id).unwrap();
+        assert_eq!(value, &letter.value, "original bytes");
+        assert_eq!(key.as_deref(), letter.key.as_deref().map(str::as_bytes), "original key");
+        assert!(headers.iter().any(|(k, v)| k == "x-producer" && v == b"rewards-service"), "original headers kept");
+        assert!(!headers.iter().any(|(k, _)| k.starts_with("dlq.") && k != "dlq.replayed-from"), "no failure headers on the replayed record");
+    }
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(20), gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_killed_with_sigkill_and_rerun_publishes_every_letter_exactly_once() {
+    let topics = create_topics("ops-replay-kill").await;
+    // Letters that pass today's built-in model: dead-lettered for a
+    // transient reason (a handler that kept failing).
+    let total = 3000;
+    let letters: Vec<LetterSpec> = (0..total)
+        .map(|i| {
+            let e = sample_event("price.updated", "", i);
+            LetterSpec {
+                id: format!("{}/{}/{}", topics.main, i % 6, i),
+                partition: (i % 2) as i32,
+                key: Some("prices".into()),
+                value: e.to_json_bytes().to_vec(),
+                reason: "handler_failed",
+                event_type: Some("price.updated".into()),
+                errors: Value::Null,
+                truncated: None,
+            }
+        })
+        .collect();
+    let p = producer();
+    for chunk in letters.chunks(500) {
+        write_letters(&p, &topics.dlq, chunk).await;
+    }
+    let group = unique("replay-kill");
+    let replay_cmd = || {
+        let mut c = Command::new(bin());
+        c.args(["dlq", "replay", "--json", "--group", &group])
+            .env("KAFKA_BROKERS", brokers())
+            .env("KAFKA_MAIN_TOPIC", &topics.main)
+            .env("EVENT_DEAD_LETTER_QUEUE_TOPIC", &topics.dlq)
+            .env("RUST_LOG", "warn");
+        c
+    };
+    // Kill the first run as soon as its first batch is committed.
+    let mut child = replay_cmd().stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // Keep reading the child's output (a closed pipe would end it by itself),
+    // and say when its first replayed letter was printed.
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    let drain = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("\"outcome\":\"replayed\"") {
+                let _ = first_tx.send(());
+            }
+        }
+    });
+    let first = tokio::task::spawn_blocking(move || first_rx.recv_timeout(T60)).await.unwrap();
+    assert!(first.is_ok(), "the first run replayed something within 60 s");
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "the first run was killed mid-way, not finished: {status:?}");
+    drain.join().unwrap();
+
+    let out = replay_cmd().output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let second = summary["summary"]["replayed"].as_u64().unwrap() as usize;
+    assert!(second > 0 && second < total, "the rerun resumed where the killed run stopped: {summary}");
+
+    let out = replay_cmd().output().unwrap();
+    assert!(out.status.success());
+    let summary: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(summary["summary"]["replayed"], 0, "a third run publishes nothing: {summary}");
+
+    let replayed = replayed_from(&read_all_until_markers(&topics.main).await);
+    assert_eq!(replayed.len(), total, "none lost");
+    assert!(replayed.values().all(|&n| n == 1), "none twice: {:?}", replayed.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>());
+}

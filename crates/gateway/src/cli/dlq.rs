@@ -563,6 +563,7 @@ pub async fn replay(
     let group_metadata = consumer.group_metadata().ok_or_else(|| anyhow::anyhow!("no consumer group metadata for {}", options.group))?;
     let mut report = ReplayReport::default();
     let mut replayed_ids: HashSet<String> = HashSet::new();
+    let mut considered_ids: HashSet<String> = HashSet::new();
     let mut batch: Vec<(String, String, Letter)> = Vec::new(); // (id, type, letter)
     let mut left: HashMap<i32, i64> = ends.into_iter().collect();
     // Batches of REPLAY_BATCH letters, in partition order: decide each, then
@@ -580,6 +581,11 @@ pub async fn replay(
             if pr.settled_beyond.contains(&l.dlq_offset) || replayed_ids.contains(&l.id) {
                 report.already_replayed += 1;
                 pr.settle(l.dlq_offset);
+                continue;
+            }
+            // A second copy of a letter this run left unsettled: same fate, reported once.
+            if !considered_ids.insert(l.id.clone()) {
+                pr.leave(l.dlq_offset);
                 continue;
             }
             if !options.filters.matches(&l) {
@@ -850,9 +856,11 @@ mod tests {
     #[test]
     fn times_parse_and_format_round_trip() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339("2026-11-29T03:00:00.250Z"), Some(1_795_834_800_250));
-        assert_eq!(format_time(1_795_834_800_250), "2026-11-29T03:00:00.250Z");
-        assert_eq!(parse_time("1795834800250"), Ok(1_795_834_800_250));
+        assert_eq!(parse_rfc3339("2026-11-29T03:00:00.250Z"), Some(1_795_921_200_250));
+        assert_eq!(format_time(1_795_921_200_250), "2026-11-29T03:00:00.250Z");
+        assert_eq!(parse_rfc3339("2024-02-29T23:59:59Z"), Some(1_709_251_199_000));
+        assert_eq!(format_time(1_709_251_199_000), "2024-02-29T23:59:59.000Z");
+        assert_eq!(parse_time("1795921200250"), Ok(1_795_921_200_250));
         let two_hours_ago = parse_time("2h").unwrap();
         let now = moonx_events::validate::now_ms();
         assert!((now - two_hours_ago).abs_diff(7_200_000) < 5_000);
