@@ -219,6 +219,13 @@ impl Letter {
         if !dlq.contains_key(headers::ERRORS) {
             letter.adopt_earlier_format();
         }
+        // The writer names the type only when the gateway knew it; an
+        // unknown (custom) type is still in the original envelope.
+        if letter.event_type.is_none() && letter.payload_truncated.is_none() {
+            letter.event_type = serde_json::from_slice::<Value>(&letter.value)
+                .ok()
+                .and_then(|v| v.pointer("/metadata/eventType").and_then(Value::as_str).map(str::to_owned));
+        }
         letter
     }
 
