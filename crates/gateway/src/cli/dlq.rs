@@ -69,6 +69,9 @@ const REPLAY_BATCH: usize = 100;
 /// Room for the offset ranges of letters replayed beyond an unsettled one
 /// (Kafka's `offset.metadata.max.bytes` defaults to 4096).
 const MAX_PROGRESS_METADATA: usize = 3500;
+/// Letter ids remembered to recognise duplicate copies (the writer writes a
+/// letter twice only around a crash, so copies are close together).
+const RECENT_IDS: usize = 100_000;
 /// Bound on every single broker call.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
 /// A partition that yields nothing for this long while behind its end is an error.
@@ -306,7 +309,7 @@ async fn list(kafka: &KafkaArgs, filters: &Filters, as_json: bool) -> anyhow::Re
         last: u64,
     }
     let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
-    let mut seen = HashSet::new();
+    let mut seen = RecentIds::default();
     let (mut total, mut duplicates) = (0u64, 0u64);
     let consumer = reader(&kafka.brokers, "moonx-ws-dlq-reader")?;
     let mut left: HashMap<i32, i64> = assign_from(&consumer, &kafka.dlq_topic, &HashMap::new())?.into_iter().collect();
@@ -315,7 +318,7 @@ async fn list(kafka: &KafkaArgs, filters: &Filters, as_json: bool) -> anyhow::Re
         if !filters.matches(&l) {
             return Ok(true);
         }
-        if !seen.insert(l.id.clone()) {
+        if !seen.insert(&l.id) {
             duplicates += 1; // the writer may write a letter twice after a crash
             return Ok(true);
         }
@@ -399,6 +402,33 @@ async fn show(kafka: &KafkaArgs, id: &str, as_json: bool) -> anyhow::Result<Exit
         Err(_) => println!("(not UTF-8; base64) {}", doc["valueBase64"].as_str().unwrap_or_default()),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The last `RECENT_IDS` ids seen, for de-duplication in bounded memory.
+#[derive(Debug, Default)]
+struct RecentIds {
+    set: HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl RecentIds {
+    fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+
+    /// `false` when already present.
+    fn insert(&mut self, id: &str) -> bool {
+        if self.set.contains(id) {
+            return false;
+        }
+        if self.order.len() >= RECENT_IDS
+            && let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        self.set.insert(id.to_owned());
+        self.order.push_back(id.to_owned());
+        true
+    }
 }
 
 /// What `replay` does.
@@ -569,8 +599,8 @@ pub async fn replay(
     let producer = if options.dry_run { None } else { Some(transactional_producer(options)?) };
     let group_metadata = consumer.group_metadata().ok_or_else(|| anyhow::anyhow!("no consumer group metadata for {}", options.group))?;
     let mut report = ReplayReport::default();
-    let mut replayed_ids: HashSet<String> = HashSet::new();
-    let mut considered_ids: HashSet<String> = HashSet::new();
+    let mut replayed_ids = RecentIds::default();
+    let mut considered_ids = RecentIds::default();
     let mut batch: Vec<(String, String, Letter)> = Vec::new(); // (id, type, letter)
     let mut left: HashMap<i32, i64> = ends.into_iter().collect();
     // Batches of REPLAY_BATCH letters, in partition order: decide each, then
@@ -591,7 +621,7 @@ pub async fn replay(
                 continue;
             }
             // A second copy of a letter this run left unsettled: same fate, reported once.
-            if !considered_ids.insert(l.id.clone()) {
+            if !considered_ids.insert(&l.id) {
                 pr.leave(l.dlq_offset);
                 continue;
             }
@@ -623,7 +653,7 @@ pub async fn replay(
                         ));
                         break;
                     }
-                    replayed_ids.insert(l.id.clone());
+                    replayed_ids.insert(&l.id);
                     batch.push((l.id.clone(), event.metadata.event_type.as_str().to_owned(), l));
                 }
                 Err(e) => {
