@@ -582,13 +582,22 @@ pub async fn replay(
     registry: &TypeRegistry,
     mut on_outcome: impl FnMut(&ReplayOutcome),
 ) -> anyhow::Result<ReplayReport> {
+    // The producer first: its `init_transactions` fences a killed run and
+    // aborts its open transaction, whose pending offsets would otherwise
+    // keep the group's position unstable (unreadable) until it times out.
+    let producer = if options.dry_run { None } else { Some(transactional_producer(options)?) };
     let consumer = reader(&options.brokers, &options.group)?;
     let partitions = partitions_of(&consumer, &options.dlq_topic)?;
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
         tpl.add_partition(&options.dlq_topic, *p);
     }
-    let committed = consumer.committed_offsets(tpl, BROKER_TIMEOUT)?;
+    let committed = consumer.committed_offsets(tpl, BROKER_TIMEOUT).map_err(|e| {
+        anyhow::anyhow!(
+            "reading the position of group {}: {e} (another replay of this group running, or one killed less than a minute ago?)",
+            options.group
+        )
+    })?;
     let mut progress: HashMap<i32, Progress> = HashMap::new();
     for e in committed.elements() {
         progress.insert(e.partition(), Progress::from_commit(e.offset(), e.metadata()));
@@ -596,7 +605,6 @@ pub async fn replay(
     let starts: HashMap<i32, i64> = progress.iter().map(|(p, pr)| (*p, pr.next)).collect();
     let ends = assign_from(&consumer, &options.dlq_topic, &starts)?;
 
-    let producer = if options.dry_run { None } else { Some(transactional_producer(options)?) };
     let group_metadata = consumer.group_metadata().ok_or_else(|| anyhow::anyhow!("no consumer group metadata for {}", options.group))?;
     let mut report = ReplayReport::default();
     let mut replayed_ids = RecentIds::default();
