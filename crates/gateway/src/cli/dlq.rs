@@ -36,7 +36,7 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -514,13 +514,70 @@ impl ReplayReport {
     }
 }
 
+/// Offsets as inclusive ranges (start -> end), merged when adjacent: the
+/// letters replayed beyond an unsettled one, in memory proportional to the
+/// number of gaps, not of letters.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct OffsetRanges(BTreeMap<i64, i64>);
+
+impl OffsetRanges {
+    fn contains(&self, o: i64) -> bool {
+        self.0.range(..=o).next_back().is_some_and(|(_, &end)| end >= o)
+    }
+
+    fn insert(&mut self, o: i64) {
+        if self.contains(o) {
+            return;
+        }
+        let mut start = o;
+        let mut end = o;
+        if let Some((&s, &e)) = self.0.range(..o).next_back()
+            && e + 1 == o {
+                start = s;
+            }
+        if let Some(&e) = self.0.get(&(o + 1)) {
+            self.0.remove(&(o + 1));
+            end = e;
+        }
+        self.0.insert(start, end);
+    }
+
+    /// Drops every offset below `from`.
+    fn keep_from(&mut self, from: i64) {
+        let mut rest = self.0.split_off(&from);
+        if let Some((_, &end)) = self.0.iter().next_back()
+            && end >= from {
+                rest.insert(from, end);
+            }
+        self.0 = rest;
+    }
+
+    /// `a-b,c,d-e`
+    fn to_text(&self) -> String {
+        let parts: Vec<String> = self.0.iter().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
+        parts.join(",")
+    }
+
+    fn parse(text: &str) -> OffsetRanges {
+        let mut ranges = OffsetRanges::default();
+        for range in text.split(',').filter(|r| !r.is_empty()).take(MAX_PROGRESS_METADATA) {
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            if let (Ok(a), Ok(b)) = (a.parse::<i64>(), b.parse::<i64>())
+                && a <= b {
+                    ranges.0.insert(a, b);
+                }
+        }
+        ranges
+    }
+}
+
 /// Per partition of the DLQ: how far the group has settled it.
 #[derive(Debug, Default, Clone)]
 struct Progress {
     /// The group's committed offset: every letter before it is settled.
     next: i64,
     /// Letters at or after `next` that were already replayed.
-    settled_beyond: BTreeSet<i64>,
+    settled_beyond: OffsetRanges,
     /// Whether this run met an unsettled letter (then `next` stays there).
     blocked: bool,
 }
@@ -531,13 +588,8 @@ impl Progress {
             Offset::Offset(o) => o,
             _ => 0,
         };
-        let mut settled_beyond = BTreeSet::new();
-        for range in metadata.strip_prefix("replayed:").unwrap_or_default().split(',').filter(|r| !r.is_empty()) {
-            let (a, b) = range.split_once('-').unwrap_or((range, range));
-            if let (Ok(a), Ok(b)) = (a.parse::<i64>(), b.parse::<i64>()) {
-                settled_beyond.extend(a.max(next)..=b);
-            }
-        }
+        let mut settled_beyond = OffsetRanges::parse(metadata.strip_prefix("replayed:").unwrap_or_default());
+        settled_beyond.keep_from(next);
         Progress { next, settled_beyond, blocked: false }
     }
 
@@ -546,7 +598,7 @@ impl Progress {
             self.settled_beyond.insert(offset);
         } else {
             self.next = offset + 1;
-            self.settled_beyond = self.settled_beyond.split_off(&self.next);
+            self.settled_beyond.keep_from(self.next);
         }
     }
 
@@ -559,15 +611,7 @@ impl Progress {
 
     /// The commit metadata: `replayed:a-b,c-d` ranges beyond `next`.
     fn metadata(&self) -> String {
-        let mut ranges: Vec<(i64, i64)> = Vec::new();
-        for &o in &self.settled_beyond {
-            match ranges.last_mut() {
-                Some((_, end)) if *end + 1 == o => *end = o,
-                _ => ranges.push((o, o)),
-            }
-        }
-        let parts: Vec<String> = ranges.iter().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
-        format!("replayed:{}", parts.join(","))
+        format!("replayed:{}", self.settled_beyond.to_text())
     }
 }
 
@@ -620,10 +664,9 @@ pub async fn replay(
             Ok(pending.len() < REPLAY_BATCH)
         })
         .await?;
-        let mut error = None;
         for l in pending {
             let pr = progress.entry(l.dlq_partition).or_default();
-            if pr.settled_beyond.contains(&l.dlq_offset) || replayed_ids.contains(&l.id) {
+            if pr.settled_beyond.contains(l.dlq_offset) || replayed_ids.contains(&l.id) {
                 report.already_replayed += 1;
                 pr.settle(l.dlq_offset);
                 continue;
@@ -653,14 +696,6 @@ pub async fn replay(
             match decode_event(&l.value, &decode) {
                 Ok(event) => {
                     pr.settle(l.dlq_offset);
-                    if pr.metadata().len() > MAX_PROGRESS_METADATA {
-                        error = Some(anyhow::anyhow!(
-                            "partition {}: too many letters replayed beyond the unsettled one at offset {}; \
-                             replay that one first (filters), or use another --group",
-                            l.dlq_partition, pr.next
-                        ));
-                        break;
-                    }
                     replayed_ids.insert(&l.id);
                     batch.push((l.id.clone(), event.metadata.event_type.as_str().to_owned(), l));
                 }
@@ -673,6 +708,14 @@ pub async fn replay(
                 }
             }
         }
+        // The position must fit the commit's metadata; checked once per batch.
+        if let Some((partition, pr)) = progress.iter().find(|(_, pr)| pr.metadata().len() > MAX_PROGRESS_METADATA) {
+            anyhow::bail!(
+                "partition {partition}: too many gaps between letters replayed beyond the unsettled one at offset {}; \
+                 replay that one first (filters), or use another --group. Nothing of the last batch was published.",
+                pr.next
+            );
+        }
         let outcomes = match &producer {
             None => batch
                 .drain(..)
@@ -683,9 +726,6 @@ pub async fn replay(
         for o in outcomes {
             on_outcome(&o);
             report.outcomes.push(o);
-        }
-        if let Some(e) = error {
-            return Err(e);
         }
         if left.is_empty() {
             break;
@@ -914,6 +954,20 @@ mod tests {
     }
 
     #[test]
+    fn offset_ranges_merge_and_parse_in_bounded_memory() {
+        let mut r = OffsetRanges::default();
+        for o in [5, 7, 6, 1, 2, 10] {
+            r.insert(o);
+        }
+        assert_eq!(r.to_text(), "1-2,5-7,10");
+        r.keep_from(6);
+        assert_eq!(r.to_text(), "6-7,10");
+        let huge = OffsetRanges::parse("0-9000000000000,x,5-3");
+        assert_eq!(huge.to_text(), "0-9000000000000", "a huge range is two numbers, and junk is ignored");
+        assert!(huge.contains(123_456_789));
+    }
+
+    #[test]
     fn progress_stops_at_the_first_unsettled_letter_and_remembers_what_was_replayed_beyond() {
         let mut p = Progress::from_commit(Offset::Offset(10), "");
         p.settle(10);
@@ -925,7 +979,7 @@ mod tests {
         p.settle(16);
         assert_eq!((p.next, p.metadata().as_str()), (12, "replayed:13-14,16"));
         let mut again = Progress::from_commit(Offset::Offset(12), &p.metadata());
-        assert!(again.settled_beyond.contains(&13) && again.settled_beyond.contains(&16) && !again.settled_beyond.contains(&15));
+        assert!(again.settled_beyond.contains(13) && again.settled_beyond.contains(16) && !again.settled_beyond.contains(15));
         again.settle(12); // the unsettled one passes now
         assert_eq!(again.next, 13);
     }
