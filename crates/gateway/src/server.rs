@@ -137,7 +137,6 @@ impl Gateway {
         let mut dead_letter_ring = None;
         let (source_health, publisher) = match source {
             SourceConfig::Kafka { kafka, consumer } if consumer.processing => {
-                let status = Arc::new(ConsumerStatus::default());
                 let mut topics = vec![kafka.main_topic.clone()];
                 if consumer.legacy_topics {
                     topics.extend(LEGACY_TOPICS.iter().map(|t| t.to_string()));
@@ -149,6 +148,7 @@ impl Gateway {
                     stats_interval_ms: consumer.stats_interval_ms,
                     auto_offset_reset: consumer.auto_offset_reset.clone(),
                 };
+                let status = Arc::new(ConsumerStatus { group: settings.group_id.clone(), ..Default::default() });
                 let producer = crate::kafka::producer::create_producer(&kafka.brokers)?;
                 let dead_letters = if consumer.dlq && consumer.dlq_writer {
                     DeadLetterWriter::Kafka { producer: crate::kafka::producer::create_dlq_producer(&kafka.brokers)?, topic: kafka.dlq_topic.clone(), instance: instance.clone() }
@@ -157,7 +157,8 @@ impl Gateway {
                 };
                 tracing::info!(
                     group = %settings.group_id, topics = ?settings.topics, brokers = %settings.brokers,
-                    validation = pipeline_args.validation, dlq = consumer.dlq, dlq_writer = consumer.dlq_writer, "consuming"
+                    validation = pipeline_args.validation, dlq = consumer.dlq, dlq_writer = consumer.dlq_writer,
+                    "consuming as consumer group {}", settings.group_id
                 );
                 tasks.spawn(kafka::run(settings, pipeline, dead_letters, status.clone(), instance.clone(), shutdown.clone()));
                 (SourceHealth::Kafka(status), Some(Publisher::Kafka { producer, topic: kafka.main_topic }))

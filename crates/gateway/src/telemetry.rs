@@ -84,7 +84,11 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub consumer_assigned_partitions: IntGauge,
     pub consumer_connected: IntGauge,
+    /// 1 while the DLQ cannot be written (mirrors `/health`'s `dlq.failing`; set at scrape).
+    pub dlq_failing: IntGauge,
     pub connections: IntGauge,
+    /// `WS_MAX_CONNECTIONS`, so that alerts can compare `connections` with it.
+    pub connections_max: IntGauge,
     pub connections_rejected: IntCounterVec,
     pub subscriptions: IntGaugeVec,
     pub frames_sent: IntCounterVec,
@@ -123,7 +127,9 @@ impl Metrics {
             consumer_lag: reg!(gauge_vec("consumer_lag", "Messages behind the high watermark, by topic and partition.", &["topic", "partition"])),
             consumer_assigned_partitions: reg!(IntGauge::new("consumer_assigned_partitions", "Partitions currently assigned to this instance.")),
             consumer_connected: reg!(IntGauge::new("consumer_connected", "1 when at least one broker connection is up.")),
+            dlq_failing: reg!(IntGauge::new("dlq_failing", "1 while the dead-letter topic cannot be written (consumption is held).")),
             connections: reg!(IntGauge::new("connections", "Open WebSocket connections.")),
+            connections_max: reg!(IntGauge::new("connections_max", "The configured connection limit (WS_MAX_CONNECTIONS).")),
             connections_rejected: reg!(counter_vec("connections_rejected_total", "Refused WebSocket upgrades, by reason.", &["reason"])),
             subscriptions: reg!(gauge_vec("subscriptions", "Active subscriptions, by channel.", &["channel"])),
             frames_sent: reg!(counter_vec("frames_sent_total", "Event frames queued to clients, by channel.", &["channel"])),

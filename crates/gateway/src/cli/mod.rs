@@ -1,8 +1,9 @@
-//! The `moonx-ws` command line: `serve`, `create-topics`, `produce`, `tail`.
+//! The `moonx-ws` command line: `serve`, `create-topics`, `produce`, `tail`, `dlq`.
 //! Every option can also come from its environment variable (see `config`).
 
 mod create_topics;
 pub mod dev;
+pub mod dlq;
 mod produce;
 mod tail;
 
@@ -29,6 +30,8 @@ pub enum Command {
     Produce(produce::Args),
     /// Decode and pretty-print the topic (or the DLQ), with filters.
     Tail(tail::Args),
+    /// Dead letters: `list` (summary), `show ID`, `replay` (re-validate, re-publish the ones that pass).
+    Dlq(dlq::Args),
 }
 
 /// Parses the command line, runs the command, and maps failures to a
@@ -102,5 +105,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CreateTopics(args) => create_topics::run(args).await,
         Command::Produce(args) => produce::run(args).await,
         Command::Tail(args) => tail::run(args).await,
+        Command::Dlq(args) => dlq::run(args).await,
     }
 }

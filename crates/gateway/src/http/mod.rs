@@ -176,7 +176,7 @@ async fn health(State(app): State<AppState>) -> Response {
         "reason": reason,
         "processing": "enabled",
         "mode": "kafka",
-        "consumer": {"connected": connected, "assignedPartitions": assigned},
+        "consumer": {"group": c.group, "connected": connected, "assignedPartitions": assigned},
         "dlq": {"failing": dlq_failing},
         "connections": connections,
     });
@@ -185,6 +185,11 @@ async fn health(State(app): State<AppState>) -> Response {
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
+    // Gauges that mirror live state are refreshed here, at scrape time.
+    app.metrics.connections_max.set(app.hub.max_connections() as i64);
+    if let SourceHealth::Kafka(c) = &app.source {
+        app.metrics.dlq_failing.set(c.dlq.failing.load(Ordering::Relaxed) as i64);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render()).into_response()
 }
 

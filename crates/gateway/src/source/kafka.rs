@@ -57,6 +57,8 @@ pub struct ConsumerStatus {
     pub assigned_partitions: AtomicI64,
     pub last_error: Mutex<Option<String>>,
     pub dlq: DlqHealth,
+    /// The consumer group actually joined (`<KAFKA_CONSUMER_GROUP_ID>-<instance id>`), for `/health`.
+    pub group: String,
 }
 
 pub struct GatewayContext {
