@@ -354,7 +354,7 @@ async fn a_real_prometheus_scrapes_every_metric_of_the_rules_and_dashboard_and_t
     let tiny_dlq = format!("{}.tiny-dlq", topics.main);
     let admin = Admin::connect(&brokers(), Duration::from_secs(30)).unwrap();
     admin
-        .apply_layout(&[TopicSpec { name: tiny_dlq.clone(), partitions: 1, configs: vec![("max.message.bytes", "64")] }], 1, false)
+        .apply_layout(&[TopicSpec { name: tiny_dlq.clone(), partitions: 1, configs: vec![("max.message.bytes", "64".to_string())] }], 1, false)
         .await
         .unwrap();
     gw.set_env("EVENT_DEAD_LETTER_QUEUE_TOPIC", &tiny_dlq);
