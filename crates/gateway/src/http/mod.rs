@@ -1,8 +1,10 @@
 //! HTTP: `GET /health`, `GET /metrics` (Prometheus text), the WebSocket
 //! upgrade at `GET /ws`, the publish API (`POST /api/events`), and the
-//! dashboard (`GET /`, fed by `GET /api/stats`), all on one port.
+//! dashboard (`GET /`, fed by `GET /api/stats`), all on one port, served by
+//! our own accept loop (`serve`: slots, reserve, header timeout).
 
 pub mod publish;
+pub mod serve;
 
 use crate::deliver::auth::Authenticator;
 use crate::deliver::session::{self, Limits};
@@ -48,6 +50,8 @@ pub struct AppState {
     /// Where published events go (`None` when processing is disabled).
     pub publisher: Option<Publisher>,
     pub publish_keys: Arc<Vec<String>>,
+    /// Size and time limits of a publish body.
+    pub publish_body: publish::BodyLimits,
     pub published_ids: Arc<publish::SharedPublishedIds>,
     pub registry: TypeRegistry,
     pub factory: Arc<EventFactory>,
@@ -65,6 +69,23 @@ pub fn router(state: AppState) -> Router {
         .route("/api/stats", get(stats))
         .route("/api/dead-letters", get(dead_letters))
         .with_state(state)
+}
+
+/// What a socket on a reserve slot gets (see `serve`): every connection slot
+/// is taken, so only `/health` and `/metrics` answer.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(at_capacity)
+        .with_state(state)
+}
+
+async fn at_capacity(State(app): State<AppState>, uri: axum::http::Uri) -> Response {
+    if uri.path() == "/ws" {
+        app.metrics.connections_rejected.with_label_values(&["max_connections"]).inc();
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached: only /health and /metrics answer").into_response()
 }
 
 const DASHBOARD: &str = include_str!("../../assets/dashboard.html");

@@ -1,0 +1,213 @@
+//! The accept loop of the HTTP/WebSocket port (instead of `axum::serve`),
+//! so that limits hold at the socket, before any request is read:
+//!
+//! - Every accepted socket holds a slot of `WS_MAX_CONNECTIONS` for as long
+//!   as it is open: a request still arriving, a keep-alive connection, an
+//!   upgraded WebSocket (the slot travels inside the socket through the
+//!   upgrade, and is freed when the socket is dropped).
+//! - Once every slot is taken, up to `HTTP_RESERVED_CONNECTIONS` more sockets
+//!   are served `/health` and `/metrics` only (anything else: 503, and the
+//!   socket is closed after the answer), so probes and operators still get
+//!   an answer on the main port. Beyond that a socket is closed as soon as
+//!   it is accepted, which keeps the listen backlog moving.
+//! - A request's headers must arrive within `HTTP_HEADER_TIMEOUT_MS`, and a
+//!   keep-alive connection waiting that long for its next request is closed
+//!   (hyper's header read timer also runs while waiting for the next request).
+//! - An accept error (the process is out of descriptors) does not stop the
+//!   loop: it pauses briefly and accepts again.
+//!
+//! On shutdown the loop stops accepting, asks HTTP connections to finish
+//! their request and close, and returns once every socket has been dropped.
+
+use crate::telemetry::Metrics;
+use axum::http::{header, HeaderValue, Request, StatusCode};
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::IntGauge;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// Descriptors the process needs besides client sockets (Kafka connections,
+/// log and audit files, the runtime's own), for the start-up check.
+pub const DESCRIPTORS_BESIDES_SOCKETS: u64 = 256;
+/// Pause after a failed accept (out of descriptors): the loop must not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Limits of the accept loop.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    /// Sockets served fully at once (`WS_MAX_CONNECTIONS`).
+    pub max_sockets: usize,
+    /// Sockets beyond those, for `/health` and `/metrics` only.
+    pub reserved_sockets: usize,
+    pub header_timeout: Duration,
+}
+
+/// Raises the soft limit of open files to the hard limit, and warns when the
+/// configured connections cannot all have a descriptor.
+pub fn raise_open_file_limit(settings: &ServeSettings) {
+    let wanted = (settings.max_sockets + settings.reserved_sockets) as u64 + DESCRIPTORS_BESIDES_SOCKETS;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < wanted => tracing::warn!(
+            open_file_limit = limit,
+            wanted,
+            "WS_MAX_CONNECTIONS ({}) plus HTTP_RESERVED_CONNECTIONS ({}) plus {DESCRIPTORS_BESIDES_SOCKETS} for the rest need more \
+             descriptors than the open-file limit allows: accepts will fail before the connection limit is reached. \
+             Raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower WS_MAX_CONNECTIONS",
+            settings.max_sockets,
+            settings.reserved_sockets,
+        ),
+        Ok(limit) => tracing::info!(open_file_limit = limit, "open-file limit"),
+        Err(e) => tracing::warn!("cannot read or raise the open-file limit: {e}"),
+    }
+}
+
+/// A socket and the slot it holds; the slot is freed when the socket is
+/// dropped, wherever it went (an HTTP connection or an upgraded WebSocket).
+struct SlottedStream {
+    stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
+    open: IntGauge,
+}
+
+impl SlottedStream {
+    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, open: IntGauge) -> Self {
+        open.inc();
+        SlottedStream { stream, _slot: slot, open }
+    }
+}
+
+impl Drop for SlottedStream {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+impl AsyncRead for SlottedStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SlottedStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Which service a socket gets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Main,
+    Reserve,
+}
+
+/// Accepts and serves until `shutdown`, then waits for every socket to close.
+/// `app` serves a main slot, `ops` (health and metrics) a reserve slot.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    ops: Router,
+    settings: ServeSettings,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let main = Arc::new(Semaphore::new(settings.max_sockets));
+    let reserve = Arc::new(Semaphore::new(settings.reserved_sockets));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(settings.header_timeout);
+    let http = Arc::new(http);
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("accept failed (open-file limit?): {e}");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        let (slot, kind) = match main.clone().try_acquire_owned() {
+            Ok(p) => (p, Slot::Main),
+            Err(_) => match reserve.clone().try_acquire_owned() {
+                Ok(p) => (p, Slot::Reserve),
+                Err(_) => {
+                    metrics.sockets_refused.inc();
+                    drop(stream);
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let label = if kind == Slot::Main { "main" } else { "reserve" };
+        let io = SlottedStream::new(stream, slot, metrics.sockets_open.with_label_values(&[label]));
+        let router = if kind == Slot::Main { app.clone() } else { ops.clone() };
+        tokio::spawn(serve_connection(io, router, kind, http.clone(), metrics.clone(), shutdown.clone()));
+    }
+    drop(listener);
+    // Every socket returns its slot when dropped: wait for all of them.
+    let _ = main.acquire_many(settings.max_sockets as u32).await;
+    let _ = reserve.acquire_many(settings.reserved_sockets as u32).await;
+}
+
+async fn serve_connection(
+    io: SlottedStream,
+    router: Router,
+    kind: Slot,
+    http: Arc<hyper::server::conn::http1::Builder>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let upgrade = req.headers().contains_key(header::UPGRADE);
+        let router = router.clone();
+        async move {
+            let mut response = router.oneshot(req).await?;
+            // A refused upgrade, or any answer on a reserve slot: the
+            // socket is not kept, so its slot is free at once.
+            if kind == Slot::Reserve || (upgrade && response.status() != StatusCode::SWITCHING_PROTOCOLS) {
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let conn = http.serve_connection(TokioIo::new(io), service).with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        if e.is_timeout() {
+            metrics.header_timeouts.inc();
+        } else {
+            tracing::debug!("HTTP connection ended with an error: {e}");
+        }
+    }
+}
