@@ -347,23 +347,25 @@ async fn a_client_that_never_reads_is_dropped_after_the_write_timeout() {
 /// both.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_consumer_that_reads_again_sees_the_error_frame_and_3008() {
-    let (topics, gw) = started("edge-slow", vec![("WS_QUEUE_CAPACITY", "256".into())]).await;
+    let (topics, gw) = started("edge-slow", vec![("WS_QUEUE_CAPACITY", "1024".into())]).await;
     let mut stalled = Client::connect_small_buffer(&gw.ws_url()).await;
     stalled.subscribe("prices").await;
 
+    // Bursts of 50 (5,000/s): far below the queue's 1,024 while the socket
+    // takes frames, so the queue overflows only once the socket is full.
     let p = producer();
-    let mut n = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let batch: Vec<_> = (n..n + 500).map(|i| sample_event("price.updated", "", i)).collect();
-        n += 500;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for round in 0.. {
+        tick.tick().await;
+        let batch: Vec<_> = (round * 50..round * 50 + 50).map(|i| sample_event("price.updated", "", i)).collect();
         for r in futures_util::future::join_all(batch.iter().map(|e| send_event(&p, &topics.main, e))).await {
             r.unwrap();
         }
-        if metric(&gw.metrics().await, "moonx_ws_slow_consumer_disconnects_total", &[]) == 1.0 {
+        if round % 20 == 19 && metric(&gw.metrics().await, "moonx_ws_slow_consumer_disconnects_total", &[]) == 1.0 {
             break;
         }
-        assert!(Instant::now() < deadline, "the stalled client was never cut off after {n} events");
+        assert!(Instant::now() < deadline, "the stalled client was never cut off after {} events", round * 50);
     }
     // The client stays stalled a while longer than the old one-second close
     // timeout (well within the 10 s write timeout), then reads again.
