@@ -188,8 +188,9 @@ async fn websocket(
             .map(str::to_owned)
     });
     // Small buffers: tungstenite's defaults (128 KiB each) would dominate
-    // per-connection memory. Frames above the hard cap end the connection;
-    // those between the limit and the cap get an error frame.
+    // per-connection memory. Frames above the hard cap get close 1009 (see
+    // `session::Disconnect`); those between the limit and the cap get an
+    // error frame.
     let hard_cap = (app.limits.max_frame_bytes * 4).max(64 * 1024);
     ws.read_buffer_size(2 * 1024)
         .write_buffer_size(8 * 1024)
