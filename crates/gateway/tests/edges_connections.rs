@@ -512,3 +512,22 @@ async fn frames_that_break_the_protocol_get_their_close_code() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------- settings
+
+/// Each new limit refuses a bad value at start-up, naming its variable.
+#[test]
+fn each_new_limit_refuses_a_bad_value_naming_its_variable() {
+    for (var, bad) in [
+        ("PUBLISH_MAX_BODY_BYTES", "12"),
+        ("PUBLISH_BODY_TIMEOUT_MS", "0"),
+        ("HTTP_HEADER_TIMEOUT_MS", "soon"),
+        ("HTTP_RESERVED_CONNECTIONS", "0"),
+        ("WS_WRITE_TIMEOUT_MS", "-1"),
+        ("WS_MAX_CONNECTIONS", "0"),
+    ] {
+        let (ok, _, err) = run_cli(&["dev", "--port", "0"], &[(var, bad)]);
+        assert!(!ok, "{var}={bad} was accepted");
+        assert!(err.contains(var), "{var}={bad}: the error names the variable: {err}");
+    }
+}
