@@ -134,6 +134,7 @@ async fn publish_checks_the_key_before_reading_the_body_and_bounds_it() {
     }
     assert!(answers[0].0.contains("API key"), "our own words: {}", answers[0].0);
     let grown_mib = peak.saturating_sub(baseline) / 1024;
+    eprintln!("gateway RSS: baseline {baseline} KiB, peak during {CONNECTIONS} stalled publishes {peak} KiB");
     assert!(grown_mib < 48, "RSS grew by {grown_mib} MiB (baseline {baseline} KiB, peak {peak} KiB): unauthenticated bodies were buffered");
 
     // Authenticated, but the body stalls: 408 after the body timeout.
