@@ -10,7 +10,7 @@ use crate::deliver::hub::Presence;
 use crate::deliver::session::Limits;
 use crate::deliver::{Hub, HubSettings};
 use crate::http::publish::{BodyLimits, PublishedIds};
-use crate::http::serve::{raise_open_file_limit, ServeSettings};
+use crate::http::serve::{fit_open_file_limit, ServeSettings};
 use crate::http::{AppState, SourceHealth};
 use crate::pipeline::audit::AuditLog;
 use crate::pipeline::dead_letter::DeadLetterWriter;
@@ -113,12 +113,12 @@ impl Gateway {
             SourceConfig::Kafka { consumer, .. } => ([0, 0, 0, 0].into(), consumer.instance_id()),
             SourceConfig::Embedded { instance_id } => ([127, 0, 0, 1].into(), instance_id.clone()),
         };
-        let serve_settings = ServeSettings {
+        let mut serve_settings = ServeSettings {
             max_sockets: ws.max_connections as usize,
             reserved_sockets: http.reserved_connections as usize,
             header_timeout: http.header_timeout(),
         };
-        raise_open_file_limit(&serve_settings);
+        fit_open_file_limit(&mut serve_settings);
         let host = http.host.unwrap_or(default_host);
         let listener = tokio::net::TcpListener::bind((host, http.port))
             .await

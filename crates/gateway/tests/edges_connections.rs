@@ -251,7 +251,8 @@ async fn half_open_sockets_take_slots_time_out_and_leave_health_answering() {
 }
 
 /// At start-up the open-file soft limit is raised to the hard limit, and a
-/// WS_MAX_CONNECTIONS that cannot fit below it is warned about.
+/// WS_MAX_CONNECTIONS that cannot fit below it is warned about and lowered
+/// to what fits (so the reserve keeps its descriptors).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_open_file_limit_is_raised_and_an_impossible_connection_limit_is_warned() {
     let dir = tempfile::tempdir().unwrap();
@@ -294,6 +295,7 @@ async fn the_open_file_limit_is_raised_and_an_impossible_connection_limit_is_war
     assert_eq!(soft, hard, "soft limit raised from {soft_at_start} to the hard limit");
     let log = logs();
     assert!(log.contains("WS_MAX_CONNECTIONS") && log.contains("open-file limit"), "warned:\n{log}");
+    assert!(log.contains(&format!("serving at most {} connections", hard - 32 - 256)), "lowered to what fits:\n{log}");
 }
 
 // ---------------------------------------------------------------- item 9

@@ -52,20 +52,25 @@ pub struct ServeSettings {
     pub header_timeout: Duration,
 }
 
-/// Raises the soft limit of open files to the hard limit, and warns when the
-/// configured connections cannot all have a descriptor.
-pub fn raise_open_file_limit(settings: &ServeSettings) {
+/// Raises the soft limit of open files to the hard limit. When the
+/// configured sockets cannot all have a descriptor, warns and lowers the
+/// number of main slots to what fits: otherwise accepts would fail (EMFILE)
+/// before the slots run out, and the reserve could not answer `/health`.
+pub fn fit_open_file_limit(settings: &mut ServeSettings) {
     let wanted = (settings.max_sockets + settings.reserved_sockets) as u64 + DESCRIPTORS_BESIDES_SOCKETS;
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) if limit < wanted => tracing::warn!(
-            open_file_limit = limit,
-            wanted,
-            "WS_MAX_CONNECTIONS ({}) plus HTTP_RESERVED_CONNECTIONS ({}) plus {DESCRIPTORS_BESIDES_SOCKETS} for the rest need more \
-             descriptors than the open-file limit allows: accepts will fail before the connection limit is reached. \
-             Raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower WS_MAX_CONNECTIONS",
-            settings.max_sockets,
-            settings.reserved_sockets,
-        ),
+        Ok(limit) if limit < wanted => {
+            let fits = limit.saturating_sub(settings.reserved_sockets as u64 + DESCRIPTORS_BESIDES_SOCKETS).max(1) as usize;
+            tracing::warn!(
+                open_file_limit = limit,
+                "WS_MAX_CONNECTIONS ({}) plus HTTP_RESERVED_CONNECTIONS ({}) plus {DESCRIPTORS_BESIDES_SOCKETS} for the rest need {wanted} \
+                 descriptors, above the open-file limit ({limit}): serving at most {fits} connections. Raise the hard limit \
+                 (ulimit -Hn, systemd LimitNOFILE=) or lower WS_MAX_CONNECTIONS",
+                settings.max_sockets,
+                settings.reserved_sockets,
+            );
+            settings.max_sockets = fits;
+        }
         Ok(limit) => tracing::info!(open_file_limit = limit, "open-file limit"),
         Err(e) => tracing::warn!("cannot read or raise the open-file limit: {e}"),
     }
