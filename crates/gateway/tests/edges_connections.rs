@@ -179,18 +179,21 @@ async fn publish_checks_the_key_before_reading_the_body_and_bounds_it() {
 // ---------------------------------------------------------------- item 7
 
 /// Sockets that never finish their request take every connection slot:
-/// `/health` and `/metrics` still answer (reserve), further upgrades get 503,
-/// the stalled sockets are closed after HTTP_HEADER_TIMEOUT_MS, an idle
-/// keep-alive connection too, and a normal client connects afterwards.
+/// `/health` and `/metrics` still answer (reserve), further upgrades get 503;
+/// more stalled sockets fill the reserve, which frees itself within 1 s,
+/// and beyond it sockets are closed at once; the stalled sockets are closed
+/// after HTTP_HEADER_TIMEOUT_MS, an idle keep-alive connection too, and a
+/// normal client connects afterwards.
 #[tokio::test(flavor = "multi_thread")]
 async fn half_open_sockets_take_slots_time_out_and_leave_health_answering() {
     const SLOTS: usize = 20;
-    const HEADER_TIMEOUT: Duration = Duration::from_millis(2500);
+    const RESERVE: usize = 4;
+    const HEADER_TIMEOUT: Duration = Duration::from_millis(6000);
     let (_topics, gw) = started(
         "edge-slowloris",
         vec![
             ("WS_MAX_CONNECTIONS", SLOTS.to_string()),
-            ("HTTP_RESERVED_CONNECTIONS", "4".into()),
+            ("HTTP_RESERVED_CONNECTIONS", RESERVE.to_string()),
             ("HTTP_HEADER_TIMEOUT_MS", HEADER_TIMEOUT.as_millis().to_string()),
         ],
     )
@@ -233,6 +236,35 @@ async fn half_open_sockets_take_slots_time_out_and_leave_health_answering() {
         "{:?}",
         refused.err()
     );
+
+    // More stalled sockets: they fill the reserve, and the ones beyond it
+    // are closed as soon as they are accepted.
+    let flood_opened = Instant::now();
+    let mut flood = Vec::new();
+    for _ in 0..RESERVE + 3 {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        flood.push(s);
+    }
+    for s in &mut flood[RESERVE..] {
+        closed_within(s, T5).await.expect("a socket beyond the reserve is closed at once");
+    }
+    // The reserve frees itself within its 1 s header timeout, and health
+    // answers again while every main slot is still held.
+    eventually("/health answers while the main slots are held", T5, || async {
+        match http_get(&format!("{}/health", gw.base())).await {
+            Ok((200, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    for s in &mut flood[..RESERVE] {
+        let at = closed_within(s, T5).await.expect("a stalled reserve socket is closed");
+        assert!(at - flood_opened >= Duration::from_millis(800), "not before the reserve's header timeout");
+    }
+    let m = gw.metrics().await;
+    assert!(metric(&m, "moonx_ws_sockets_refused_total", &[]) >= 3.0);
+    assert_eq!(metric(&m, "moonx_ws_sockets_open", &[("slot", "main")]), SLOTS as f64, "the main slots are still held");
 
     // The header timeout closes the stalled and the idle sockets.
     let limit = HEADER_TIMEOUT + Duration::from_secs(5);

@@ -8,8 +8,17 @@
 //! - Once every slot is taken, up to `HTTP_RESERVED_CONNECTIONS` more sockets
 //!   are served `/health` and `/metrics` only (anything else: 503, and the
 //!   socket is closed after the answer), so probes and operators still get
-//!   an answer on the main port. Beyond that a socket is closed as soon as
-//!   it is accepted, which keeps the listen backlog moving.
+//!   an answer on the main port. A reserve socket gets at most 1 s for its
+//!   headers, so sockets that send nothing cannot hold the reserve for long.
+//!   Beyond the reserve a socket is closed as soon as it is accepted, which
+//!   keeps the listen backlog moving.
+//!
+//! Why a reserve rather than a separate listener: `/health` keeps working
+//! on the one port that probes and load balancers already use, with no
+//! deployment change. What it cannot do: a flood that opens new sockets
+//! faster than the reserve's 1 s timeout frees them can still starve
+//! probes; rate-limit new connections per address in front of the gateway
+//! (load balancer, firewall) for that.
 //! - A request's headers must arrive within `HTTP_HEADER_TIMEOUT_MS`, and a
 //!   keep-alive connection waiting that long for its next request is closed
 //!   (hyper's header read timer also runs while waiting for the next request).
@@ -39,6 +48,9 @@ use tower::ServiceExt;
 /// Descriptors the process needs besides client sockets (Kafka connections,
 /// log and audit files, the runtime's own), for the start-up check.
 pub const DESCRIPTORS_BESIDES_SOCKETS: u64 = 256;
+/// Header timeout of a reserve socket (at most): a probe sends its request
+/// at once, and a socket that does not must not hold the reserve for long.
+pub const RESERVE_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause after a failed accept (out of descriptors): the loop must not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -140,9 +152,13 @@ pub async fn serve(
 ) {
     let main = Arc::new(Semaphore::new(settings.max_sockets));
     let reserve = Arc::new(Semaphore::new(settings.reserved_sockets));
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(settings.header_timeout);
-    let http = Arc::new(http);
+    let builder = |header_timeout: Duration| {
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+        Arc::new(http)
+    };
+    let http = builder(settings.header_timeout);
+    let http_reserve = builder(settings.header_timeout.min(RESERVE_HEADER_TIMEOUT));
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -169,8 +185,8 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let label = if kind == Slot::Main { "main" } else { "reserve" };
         let io = SlottedStream::new(stream, slot, metrics.sockets_open.with_label_values(&[label]));
-        let router = if kind == Slot::Main { app.clone() } else { ops.clone() };
-        tokio::spawn(serve_connection(io, router, kind, http.clone(), metrics.clone(), shutdown.clone()));
+        let (router, http) = if kind == Slot::Main { (app.clone(), http.clone()) } else { (ops.clone(), http_reserve.clone()) };
+        tokio::spawn(serve_connection(io, router, kind, http, metrics.clone(), shutdown.clone()));
     }
     drop(listener);
     // Every socket returns its slot when dropped: wait for all of them.
