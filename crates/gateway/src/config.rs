@@ -41,6 +41,7 @@ pub mod env {
     pub const PUBLISH_BODY_TIMEOUT_MS: &str = "PUBLISH_BODY_TIMEOUT_MS";
     pub const HTTP_HEADER_TIMEOUT_MS: &str = "HTTP_HEADER_TIMEOUT_MS";
     pub const HTTP_RESERVED_CONNECTIONS: &str = "HTTP_RESERVED_CONNECTIONS";
+    pub const HTTP_WRITE_TIMEOUT_MS: &str = "HTTP_WRITE_TIMEOUT_MS";
     pub const WS_WRITE_TIMEOUT_MS: &str = "WS_WRITE_TIMEOUT_MS";
 }
 
@@ -59,6 +60,9 @@ pub mod defaults {
     /// Sockets kept back for `/health` and `/metrics` once every connection
     /// slot is taken, so that operators and probes still get an answer.
     pub const HTTP_RESERVED_CONNECTIONS: u32 = 32;
+    /// The longest an HTTP response write may block ("slow read"): the same
+    /// patience as a WebSocket write.
+    pub const HTTP_WRITE_TIMEOUT_MS: u64 = WS_WRITE_TIMEOUT_MS;
     /// The longest a single write (and flush) to a WebSocket may block before
     /// the client is judged gone: generous for a slow mobile link, short
     /// enough that a client that stopped reading does not hold its slot.
@@ -232,11 +236,19 @@ pub struct HttpArgs {
     /// `WS_MAX_CONNECTIONS` slots are taken (every accepted socket takes one).
     #[arg(long, env = env::HTTP_RESERVED_CONNECTIONS, default_value_t = defaults::HTTP_RESERVED_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
     pub reserved_connections: u32,
+    /// The longest a write of an HTTP response may block before the socket
+    /// is closed (a client that does not read).
+    #[arg(long, env = env::HTTP_WRITE_TIMEOUT_MS, default_value_t = defaults::HTTP_WRITE_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_write_timeout_ms: u64,
 }
 
 impl HttpArgs {
     pub fn header_timeout(&self) -> Duration {
         Duration::from_millis(self.header_timeout_ms)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_write_timeout_ms)
     }
 }
 

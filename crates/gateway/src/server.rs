@@ -117,6 +117,7 @@ impl Gateway {
             max_sockets: ws.max_connections as usize,
             reserved_sockets: http.reserved_connections as usize,
             header_timeout: http.header_timeout(),
+            write_timeout: http.write_timeout(),
         };
         fit_open_file_limit(&mut serve_settings);
         let host = http.host.unwrap_or(default_host);

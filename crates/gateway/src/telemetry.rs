@@ -69,6 +69,7 @@ pub struct Metrics {
     pub sockets_open: IntGaugeVec,
     pub sockets_refused: IntCounter,
     pub header_timeouts: IntCounter,
+    pub http_write_timeouts: IntCounter,
     pub client_errors: IntCounterVec,
     pub end_to_end_latency: HistogramVec,
     pub pipeline_seconds: Histogram,
@@ -111,6 +112,7 @@ impl Metrics {
             sockets_open: reg!(gauge_vec("sockets_open", "Accepted TCP connections open now (HTTP, WebSocket, or still sending a request), by slot: \"main\" (WS_MAX_CONNECTIONS) or \"reserve\" (HTTP_RESERVED_CONNECTIONS, /health and /metrics only).", &["slot"])),
             sockets_refused: reg!(IntCounter::new("sockets_refused_total", "Accepted TCP connections closed at once: every slot, reserve included, was taken.")),
             header_timeouts: reg!(IntCounter::new("http_header_timeouts_total", "HTTP connections closed because a request's headers did not arrive in time (or a keep-alive connection stayed idle).")),
+            http_write_timeouts: reg!(IntCounter::new("http_write_timeouts_total", "HTTP connections closed because a response could not be written for HTTP_WRITE_TIMEOUT_MS (the client does not read).")),
             client_errors: reg!(counter_vec("client_errors_total", "Error frames sent to clients, by code.", &["code"])),
             end_to_end_latency: reg!(HistogramVec::new(
                 HistogramOpts::new("end_to_end_latency_seconds", "Event timestamp to frame written, by channel.").buckets(latency_buckets.clone()),

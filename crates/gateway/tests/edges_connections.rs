@@ -282,6 +282,28 @@ async fn half_open_sockets_take_slots_time_out_and_leave_health_answering() {
     c.subscribe("prices").await;
 }
 
+/// "Slow read": a client that pipelines requests for the dashboard and
+/// never reads the responses is closed after HTTP_WRITE_TIMEOUT_MS, and
+/// its slot is free again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_does_not_read_http_responses_is_closed_after_the_write_timeout() {
+    let (_topics, gw) = started("edge-slowread", vec![("HTTP_WRITE_TIMEOUT_MS", "1000".into())]).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(format!("127.0.0.1:{}", gw.port).parse().unwrap()).await.unwrap();
+    // 200 dashboards (about 50 KB each): far more than the socket buffers hold.
+    s.write_all(&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(200)).await.unwrap();
+    eventually("the slow reader's connection is closed", Duration::from_secs(20), || async {
+        let m = gw.metrics().await;
+        let timeouts = metric(&m, "moonx_ws_http_write_timeouts_total", &[]);
+        // The only main slot still in use is this query's own.
+        let open = metric(&m, "moonx_ws_sockets_open", &[("slot", "main")]);
+        if timeouts == 1.0 && open == 1.0 { Ok(()) } else { Err(format!("write timeouts {timeouts}, main sockets {open}")) }
+    })
+    .await;
+    closed_within(&mut s, T5).await.expect("the socket ends (EOF or reset) once what was sent is read");
+}
+
 /// At start-up the open-file soft limit is raised to the hard limit, and a
 /// WS_MAX_CONNECTIONS that cannot fit below it is warned about and lowered
 /// to what fits (so the reserve keeps its descriptors).
@@ -558,6 +580,7 @@ fn each_new_limit_refuses_a_bad_value_naming_its_variable() {
         ("PUBLISH_BODY_TIMEOUT_MS", "0"),
         ("HTTP_HEADER_TIMEOUT_MS", "soon"),
         ("HTTP_RESERVED_CONNECTIONS", "0"),
+        ("HTTP_WRITE_TIMEOUT_MS", "0"),
         ("WS_WRITE_TIMEOUT_MS", "-1"),
         ("WS_MAX_CONNECTIONS", "0"),
     ] {

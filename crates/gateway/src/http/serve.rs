@@ -22,6 +22,8 @@
 //! - A request's headers must arrive within `HTTP_HEADER_TIMEOUT_MS`, and a
 //!   keep-alive connection waiting that long for its next request is closed
 //!   (hyper's header read timer also runs while waiting for the next request).
+//! - A response write blocked for `HTTP_WRITE_TIMEOUT_MS` (the client does
+//!   not read) closes the socket.
 //! - An accept error (the process is out of descriptors) does not stop the
 //!   loop: it pauses briefly and accepts again.
 //!
@@ -33,9 +35,11 @@ use axum::http::{header, HeaderValue, Request, StatusCode};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntGauge};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -62,6 +66,8 @@ pub struct ServeSettings {
     /// Sockets beyond those, for `/health` and `/metrics` only.
     pub reserved_sockets: usize,
     pub header_timeout: Duration,
+    /// The longest an HTTP response write may stay blocked.
+    pub write_timeout: Duration,
 }
 
 /// Raises the soft limit of open files to the hard limit. When the
@@ -90,16 +96,52 @@ pub fn fit_open_file_limit(settings: &mut ServeSettings) {
 
 /// A socket and the slot it holds; the slot is freed when the socket is
 /// dropped, wherever it went (an HTTP connection or an upgraded WebSocket).
+/// While it serves HTTP, a write may stay blocked for `write_timeout` at
+/// most (a client that does not read its responses, "slow read"); once
+/// upgraded, the WebSocket session times its own writes.
 struct SlottedStream {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
     open: IntGauge,
+    write_timeout: Duration,
+    upgraded: Arc<AtomicBool>,
+    timed_out: IntCounter,
+    /// Running while a write is blocked.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl SlottedStream {
-    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, open: IntGauge) -> Self {
+    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, open: IntGauge, write_timeout: Duration, timed_out: IntCounter) -> Self {
         open.inc();
-        SlottedStream { stream, _slot: slot, open }
+        SlottedStream { stream, _slot: slot, open, write_timeout, upgraded: Arc::default(), timed_out, stalled: None }
+    }
+
+    /// What a blocked write returns: still pending, or an error once it has
+    /// been blocked for the write timeout.
+    fn blocked<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if self.upgraded.load(Ordering::Relaxed) {
+            self.stalled = None;
+            return Poll::Pending;
+        }
+        let timeout = self.write_timeout;
+        let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.timed_out.inc();
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "HTTP response write timed out")))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progressed<T>(&mut self, r: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Pending => self.blocked(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
     }
 }
 
@@ -117,16 +159,20 @@ impl AsyncRead for SlottedStream {
 
 impl AsyncWrite for SlottedStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let r = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.progressed(r, cx)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        let r = Pin::new(&mut self.stream).poll_flush(cx);
+        self.progressed(r, cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        let r = Pin::new(&mut self.stream).poll_shutdown(cx);
+        self.progressed(r, cx)
     }
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.progressed(r, cx)
     }
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
@@ -184,7 +230,13 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let label = if kind == Slot::Main { "main" } else { "reserve" };
-        let io = SlottedStream::new(stream, slot, metrics.sockets_open.with_label_values(&[label]));
+        let io = SlottedStream::new(
+            stream,
+            slot,
+            metrics.sockets_open.with_label_values(&[label]),
+            settings.write_timeout,
+            metrics.http_write_timeouts.clone(),
+        );
         let (router, http) = if kind == Slot::Main { (app.clone(), http.clone()) } else { (ops.clone(), http_reserve.clone()) };
         tokio::spawn(serve_connection(io, router, kind, http, metrics.clone(), shutdown.clone()));
     }
@@ -202,11 +254,16 @@ async fn serve_connection(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
+    let upgraded = io.upgraded.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let upgrade = req.headers().contains_key(header::UPGRADE);
         let router = router.clone();
+        let upgraded = upgraded.clone();
         async move {
             let mut response = router.oneshot(req).await?;
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                upgraded.store(true, Ordering::Relaxed);
+            }
             // A refused upgrade, or any answer on a reserve slot: the
             // socket is not kept, so its slot is free at once.
             if kind == Slot::Reserve || (upgrade && response.status() != StatusCode::SWITCHING_PROTOCOLS) {
