@@ -42,6 +42,36 @@ pub mod env {
     pub const WS_MAX_FILTER_TOKENS: &str = "WS_MAX_FILTER_TOKENS";
     pub const WS_MAX_CONNECTIONS_PER_USER: &str = "WS_MAX_CONNECTIONS_PER_USER";
     pub const WS_PRESENCE_GRACE_MS: &str = "WS_PRESENCE_GRACE_MS";
+    pub const PUBLISH_MAX_BODY_BYTES: &str = "PUBLISH_MAX_BODY_BYTES";
+    pub const PUBLISH_BODY_TIMEOUT_MS: &str = "PUBLISH_BODY_TIMEOUT_MS";
+    pub const HTTP_HEADER_TIMEOUT_MS: &str = "HTTP_HEADER_TIMEOUT_MS";
+    pub const HTTP_RESERVED_CONNECTIONS: &str = "HTTP_RESERVED_CONNECTIONS";
+    pub const HTTP_WRITE_TIMEOUT_MS: &str = "HTTP_WRITE_TIMEOUT_MS";
+    pub const WS_WRITE_TIMEOUT_MS: &str = "WS_WRITE_TIMEOUT_MS";
+}
+
+/// Defaults of the limits and timeouts at the edges (README: "Limits and
+/// timeouts"), shared by clap and the runtime.
+pub mod defaults {
+    /// Largest publish body: a full batch (1,000 events) of typical size fits,
+    /// and it is what the publish API accepted before this limit was named.
+    pub const PUBLISH_MAX_BODY_BYTES: u32 = 2 * 1024 * 1024;
+    /// Time to receive a publish body: ample for 2 MiB from a service, short
+    /// enough that a stalled sender does not hold a socket for long.
+    pub const PUBLISH_BODY_TIMEOUT_MS: u64 = 10_000;
+    /// Time for a request's headers to arrive, and the most a keep-alive
+    /// connection may sit idle between requests (slowloris).
+    pub const HTTP_HEADER_TIMEOUT_MS: u64 = 10_000;
+    /// Sockets kept back for `/health` and `/metrics` once every connection
+    /// slot is taken, so that operators and probes still get an answer.
+    pub const HTTP_RESERVED_CONNECTIONS: u32 = 32;
+    /// The longest an HTTP response write may block ("slow read"): the same
+    /// patience as a WebSocket write.
+    pub const HTTP_WRITE_TIMEOUT_MS: u64 = WS_WRITE_TIMEOUT_MS;
+    /// The longest a single write (and flush) to a WebSocket may block before
+    /// the client is judged gone: generous for a slow mobile link, short
+    /// enough that a client that stopped reading does not hold its slot.
+    pub const WS_WRITE_TIMEOUT_MS: u64 = 10_000;
 }
 
 /// Where Kafka is.
@@ -176,6 +206,18 @@ pub struct PublishArgs {
     /// (`GET /api/dead-letters`), as does a JWT with the `admin` role.
     #[arg(long, env = env::ADMIN_API_KEYS, value_delimiter = ',', hide_env_values = true)]
     pub admin_api_keys: Vec<String>,
+    /// Largest request body of `POST /api/events`, in bytes (413 beyond).
+    #[arg(long, env = env::PUBLISH_MAX_BODY_BYTES, default_value_t = defaults::PUBLISH_MAX_BODY_BYTES, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub publish_max_body_bytes: u32,
+    /// Time allowed to receive a publish body once the key is checked (408 after).
+    #[arg(long, env = env::PUBLISH_BODY_TIMEOUT_MS, default_value_t = defaults::PUBLISH_BODY_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub publish_body_timeout_ms: u64,
+}
+
+impl PublishArgs {
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_body_timeout_ms)
+    }
 }
 
 /// Default of `WS_MAX_FILTER_TOKENS`: a watchlist is a few dozen tokens;
@@ -208,6 +250,28 @@ pub struct HttpArgs {
     /// Port of HTTP and WebSocket (`/ws`); 0 picks a free port.
     #[arg(long, env = env::PORT, default_value_t = 3008)]
     pub port: u16,
+    /// Time for a request's headers to arrive, and the longest a keep-alive
+    /// connection may wait idle for its next request.
+    #[arg(long, env = env::HTTP_HEADER_TIMEOUT_MS, default_value_t = defaults::HTTP_HEADER_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_ms: u64,
+    /// Sockets reserved for `/health` and `/metrics` when all
+    /// `WS_MAX_CONNECTIONS` slots are taken (every accepted socket takes one).
+    #[arg(long, env = env::HTTP_RESERVED_CONNECTIONS, default_value_t = defaults::HTTP_RESERVED_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub reserved_connections: u32,
+    /// The longest a write of an HTTP response may block before the socket
+    /// is closed (a client that does not read).
+    #[arg(long, env = env::HTTP_WRITE_TIMEOUT_MS, default_value_t = defaults::HTTP_WRITE_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_write_timeout_ms: u64,
+}
+
+impl HttpArgs {
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_write_timeout_ms)
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -224,8 +288,10 @@ pub struct WsArgs {
     /// any. Requests without an Origin (non-browser clients) are allowed.
     #[arg(long, env = env::ALLOWED_ORIGINS, default_value = "*", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
-    #[arg(long, env = env::WS_MAX_CONNECTIONS, default_value_t = 100_000)]
-    pub max_connections: usize,
+    /// Connections at once: every accepted socket (WebSocket, HTTP, or one
+    /// still sending its request) takes one of these slots.
+    #[arg(long, env = env::WS_MAX_CONNECTIONS, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
     /// Largest client frame accepted, in bytes.
     #[arg(long, env = env::WS_MAX_FRAME_BYTES, default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(64..))]
     pub max_frame_bytes: u32,
@@ -257,4 +323,14 @@ pub struct WsArgs {
     /// connection closed; reconnecting within it emits nothing.
     #[arg(long, env = env::WS_PRESENCE_GRACE_MS, default_value_t = DEFAULT_PRESENCE_GRACE_MS, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub presence_grace_ms: u64,
+    /// The longest one write to a client may block; a client that does not
+    /// read for this long is disconnected (no close frame can reach it).
+    #[arg(long, env = env::WS_WRITE_TIMEOUT_MS, default_value_t = defaults::WS_WRITE_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_timeout_ms: u64,
+}
+
+impl WsArgs {
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
 }

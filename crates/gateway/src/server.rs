@@ -1,6 +1,6 @@
 //! Assembles and runs the gateway: metrics, hub, router, pipeline, a source
 //! (the Kafka consumer, or the embedded bus of `moonx-ws dev`) and the
-//! HTTP/WebSocket server, with graceful shutdown on SIGTERM or Ctrl-C (stop
+//! HTTP/WebSocket server (our accept loop, `http::serve`), with graceful shutdown on SIGTERM or Ctrl-C (stop
 //! accepting, close clients with 1001 "going away", commit processed
 //! offsets, exit).
 
@@ -9,7 +9,9 @@ use crate::deliver::auth::Authenticator;
 use crate::deliver::hub::Presence;
 use crate::deliver::session::Limits;
 use crate::deliver::{Hub, HubSettings};
-use crate::http::{publish::PublishedIds, AppState, SourceHealth};
+use crate::http::publish::{BodyLimits, PublishedIds};
+use crate::http::serve::{fit_open_file_limit, ServeSettings};
+use crate::http::{AppState, SourceHealth};
 use crate::pipeline::audit::AuditLog;
 use crate::pipeline::dead_letter::DeadLetterWriter;
 use crate::pipeline::router::Router;
@@ -106,7 +108,7 @@ impl Gateway {
         let hub = Hub::new(
             HubSettings {
                 queue_capacity: ws.queue_capacity as usize,
-                max_connections: ws.max_connections,
+                max_connections: ws.max_connections as usize,
                 max_connections_per_user: ws.max_connections_per_user as usize,
             },
             metrics.clone(),
@@ -115,6 +117,13 @@ impl Gateway {
             SourceConfig::Kafka { consumer, .. } => ([0, 0, 0, 0].into(), consumer.instance_id()),
             SourceConfig::Embedded { instance_id } => ([127, 0, 0, 1].into(), instance_id.clone()),
         };
+        let mut serve_settings = ServeSettings {
+            max_sockets: ws.max_connections as usize,
+            reserved_sockets: http.reserved_connections as usize,
+            header_timeout: http.header_timeout(),
+            write_timeout: http.write_timeout(),
+        };
+        fit_open_file_limit(&mut serve_settings);
         let host = http.host.unwrap_or(default_host);
         let listener = tokio::net::TcpListener::bind((host, http.port))
             .await
@@ -193,6 +202,7 @@ impl Gateway {
                 rate_burst: ws.rate_limit_burst,
                 dedup_window: ws.dedup_window,
                 max_filter_tokens: ws.max_filter_tokens as usize,
+                write_timeout: ws.write_timeout(),
                 ..Limits::default()
             },
             allowed_origins: Arc::new(ws.allowed_origins.clone()),
@@ -201,6 +211,7 @@ impl Gateway {
             instance: instance.clone(),
             started: std::time::Instant::now(),
             publisher: publisher.clone(),
+            publish_body: BodyLimits { max_bytes: publish.publish_max_body_bytes as usize, timeout: publish.body_timeout() },
             publish_keys: Arc::new(publish.publish_api_keys.into_iter().filter(|k| !k.is_empty()).collect()),
             admin_keys: Arc::new(publish.admin_api_keys.into_iter().filter(|k| !k.is_empty()).collect()),
             published_ids: Arc::new(std::sync::Mutex::new(PublishedIds::default())),
@@ -209,11 +220,9 @@ impl Gateway {
             dead_letters: dead_letter_ring,
         };
         tracing::info!(%addr, instance = %instance, "listening: http://{addr}/health, ws://{addr}/ws");
-        let app = crate::http::router(state);
-        let stop = shutdown.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
-        });
+        let app = crate::http::router(state.clone());
+        let ops = crate::http::ops_router(state);
+        let server = tokio::spawn(crate::http::serve::serve(listener, app, ops, serve_settings, metrics.clone(), shutdown.clone()));
         on_ready(Running { addr, publisher, hub: hub.clone() });
 
         shutdown.cancelled().await;

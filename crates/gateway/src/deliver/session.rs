@@ -2,11 +2,17 @@
 //! and writes the event frames the hub queued for it.
 //!
 //! Writes are batched: whatever is queued is fed to the socket and flushed
-//! once. Every client error gets an error frame and the connection stays
-//! open, unless the client keeps misbehaving or authenticates beyond its
-//! user's connection limit (close 1008, after the error frame). A slow consumer
-//! is closed with 3008, shutdown with 1001 (going away).
-
+//! once. Every write (a batch, a reply, a close) must finish within the
+//! write timeout (`WS_WRITE_TIMEOUT_MS`), or the client is judged gone and
+//! its socket dropped, so a client that stops reading never holds a task,
+//! a slot or its subscriptions for longer. Every client error gets an error
+//! frame and the connection stays open, unless the client keeps misbehaving
+//! (close 1008), or authenticates beyond its user's connection limit
+//! (close 1008, after the error frame). Every end is a [`Disconnect`] value: the close code sent
+//! (when one can be), the reason, and the `disconnects_total` label.
+//! A frame the WebSocket layer refuses gets its RFC 6455 close code (1009
+//! too big, 1002 protocol error, 1007 invalid UTF-8); a slow consumer gets
+//! the `slow_consumer` error frame and 3008; shutdown 1001 (going away).
 use super::auth::{Authenticator, Identity};
 use super::dedup::RecentIds;
 use super::hub::{ConnId, Hub, Outbound};
@@ -18,6 +24,66 @@ use futures::{SinkExt, StreamExt};
 use prometheus::Histogram;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+/// Why a connection ended. One value gives the close code sent, the reason
+/// text (close frame, log, presence event) and the metric label
+/// (`moonx_ws_disconnects_total{reason}`), as centrifuge's `Disconnect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Disconnect {
+    /// The close code sent; `None` when no close frame can reach the client
+    /// (it is gone, or its socket has accepted nothing for the write timeout).
+    pub code: Option<u16>,
+    pub reason: &'static str,
+    pub label: &'static str,
+}
+
+impl Disconnect {
+    /// The client sent a close frame (or finished the handshake).
+    pub const CLIENT_CLOSED: Disconnect = Disconnect { code: None, reason: "client closed", label: "client_closed" };
+    /// The TCP connection ended without a close frame, or failed.
+    pub const CONNECTION_LOST: Disconnect = Disconnect { code: None, reason: "connection lost", label: "connection_lost" };
+    /// A write blocked for longer than the write timeout: the client does not read.
+    pub const WRITE_TIMEOUT: Disconnect = Disconnect { code: None, reason: "write timed out: the client is not reading", label: "write_timeout" };
+    pub const SHUTDOWN: Disconnect = Disconnect { code: Some(close_code::GOING_AWAY), reason: "server shutting down", label: "shutdown" };
+    /// The hub dropped the connection's queue.
+    pub const SERVER_CLOSED: Disconnect = Disconnect { code: Some(close_code::GOING_AWAY), reason: "closed by the server", label: "server_closed" };
+    pub const SLOW_CONSUMER: Disconnect = Disconnect { code: Some(close_code::SLOW_CONSUMER), reason: "slow consumer: queue overflowed", label: "slow_consumer" };
+    pub const TOO_MANY_ERRORS: Disconnect = Disconnect { code: Some(close_code::POLICY_VIOLATION), reason: "too many invalid messages", label: "too_many_errors" };
+    /// Authenticated beyond `WS_MAX_CONNECTIONS_PER_USER` (after the error frame).
+    pub const USER_CONNECTION_LIMIT: Disconnect = Disconnect { code: Some(close_code::POLICY_VIOLATION), reason: "too many connections for this user", label: "user_connection_limit" };
+    pub const CONNECTION_LIMIT: Disconnect = Disconnect { code: Some(close_code::POLICY_VIOLATION), reason: "the server has reached its connection limit", label: "connection_limit" };
+    /// A frame above the hard cap.
+    pub const MESSAGE_TOO_BIG: Disconnect = Disconnect { code: Some(close_code::MESSAGE_TOO_BIG), reason: "frame too large", label: "message_too_big" };
+    /// Reserved opcode or bits, unmasked client frame, bad continuation, …
+    pub const PROTOCOL_ERROR: Disconnect = Disconnect { code: Some(PROTOCOL_ERROR_CODE), reason: "WebSocket protocol error", label: "protocol_error" };
+    pub const INVALID_UTF8: Disconnect = Disconnect { code: Some(INVALID_PAYLOAD_CODE), reason: "text frame is not valid UTF-8", label: "invalid_utf8" };
+
+    /// What a failed read means. axum hides the WebSocket library's error
+    /// type; its inner error is tungstenite's.
+    fn of_read_error(e: axum::Error) -> Disconnect {
+        use tungstenite::error::{Error as WsError, ProtocolError as WsProtocol};
+        let inner = e.into_inner();
+        let Some(ws) = inner.downcast_ref::<WsError>() else {
+            tracing::debug!("WebSocket read failed: {inner}");
+            return Disconnect::CONNECTION_LOST;
+        };
+        let d = match ws {
+            WsError::Capacity(_) => Disconnect::MESSAGE_TOO_BIG,
+            WsError::Utf8(_) => Disconnect::INVALID_UTF8,
+            WsError::Protocol(WsProtocol::ResetWithoutClosingHandshake) => Disconnect::CONNECTION_LOST,
+            WsError::Protocol(_) | WsError::AttackAttempt => Disconnect::PROTOCOL_ERROR,
+            WsError::ConnectionClosed | WsError::AlreadyClosed => Disconnect::CLIENT_CLOSED,
+            _ => Disconnect::CONNECTION_LOST,
+        };
+        tracing::debug!(reason = d.label, "WebSocket read failed: {ws}");
+        d
+    }
+}
+
+/// RFC 6455 7.4.1: the endpoint received a frame that breaks the protocol.
+const PROTOCOL_ERROR_CODE: u16 = 1002;
+/// RFC 6455 7.4.1: data inconsistent with the message type (invalid UTF-8 in text).
+const INVALID_PAYLOAD_CODE: u16 = 1007;
 
 /// Per-connection limits (from `WsArgs`).
 #[derive(Debug, Clone)]
@@ -31,6 +97,8 @@ pub struct Limits {
     pub max_consecutive_errors: u32,
     /// Most tokens in a `prices` filter.
     pub max_filter_tokens: usize,
+    /// The longest one write (a batch, a reply, a close) may block.
+    pub write_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -43,14 +111,47 @@ impl Default for Limits {
             dedup_window: 1024,
             max_consecutive_errors: 20,
             max_filter_tokens: crate::config::DEFAULT_MAX_FILTER_TOKENS as usize,
+            write_timeout: Duration::from_millis(crate::config::defaults::WS_WRITE_TIMEOUT_MS),
         }
     }
 }
 
 /// Frames written per flush, at most.
 const WRITE_BATCH: usize = 64;
-/// How long a close handshake may take before the socket is just dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long we wait for the client's answer to our close frame (which also
+/// drains what it sent meanwhile, so that closing the socket sends FIN, not
+/// RST) once the close frame is out.
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a write did not happen.
+enum WriteFailure {
+    TimedOut,
+    Failed,
+}
+
+impl From<WriteFailure> for Disconnect {
+    fn from(f: WriteFailure) -> Disconnect {
+        match f {
+            WriteFailure::TimedOut => Disconnect::WRITE_TIMEOUT,
+            WriteFailure::Failed => Disconnect::CONNECTION_LOST,
+        }
+    }
+}
+
+/// Runs one write under the write timeout.
+async fn timed<F>(limit: Duration, write: F) -> Result<(), WriteFailure>
+where
+    F: std::future::Future<Output = Result<(), axum::Error>>,
+{
+    match tokio::time::timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::debug!("WebSocket write failed: {e}");
+            Err(WriteFailure::Failed)
+        }
+        Err(_) => Err(WriteFailure::TimedOut),
+    }
+}
 
 /// A token bucket: `burst` messages at once, `per_sec` sustained.
 struct RateLimiter {
@@ -93,12 +194,7 @@ struct Session {
     /// A subscription acknowledged to the client, to record once the reply is out.
     pending_subscription: Option<(Channel, Option<Vec<String>>)>,
     /// Set when the reply being sent is the last: the connection then closes.
-    close_after_reply: Option<(u16, &'static str)>,
-}
-
-enum Exit {
-    ClientClosed,
-    Close(u16, &'static str),
+    close_after_reply: Option<Disconnect>,
 }
 
 /// Runs a connection to its end. `initial_token` comes from the query
@@ -114,13 +210,17 @@ pub async fn run(
     let reg = match hub.register() {
         Ok(r) => r,
         Err(e) => {
+            tracing::debug!("WebSocket refused after upgrade: {e}");
             let mut socket = socket;
-            let _ = socket.send(close(close_code::POLICY_VIOLATION, &e.to_string())).await;
+            let d = Disconnect::CONNECTION_LIMIT;
+            let _ = timed(limits.write_timeout, socket.send(close(d.code.unwrap_or_default(), d.reason))).await;
+            hub.metrics().disconnects.with_label_values(&[d.label]).inc();
             return;
         }
     };
     let metrics = hub.metrics().clone();
     let latency = Channel::ALL.map(|c| metrics.end_to_end_latency.with_label_values(&[c.as_str()]));
+    let write_timeout = limits.write_timeout;
     let mut session = Session {
         id: reg.id,
         hub: hub.clone(),
@@ -138,64 +238,92 @@ pub async fn run(
     let mut queue = reg.queue;
     let kill = reg.kill;
 
+    let mut ended: Option<Disconnect> = None;
     if let Some(token) = initial_token {
         let reply = session.authenticate(&token, &None).unwrap_or_else(|e| session.fail(e));
-        let _ = sink.send(text(reply)).await;
+        if let Err(f) = timed(write_timeout, sink.send(text(reply))).await {
+            ended = Some(f.into());
+        }
     }
 
-    let exit = loop {
-        if let Some((code, reason)) = session.close_after_reply.take() {
-            break Exit::Close(code, reason);
-        }
-        let expiry = session.identity.as_ref().map(|i| i.expires_at_ms);
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break Exit::Close(close_code::GOING_AWAY, "server shutting down"),
-            _ = kill.cancelled() => {
+    let disconnect = match ended {
+        Some(d) => d,
+        None => loop {
+            if let Some(d) = session.close_after_reply.take() {
+                break d;
+            }
+            let expiry = session.identity.as_ref().map(|i| i.expires_at_ms);
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break Disconnect::SHUTDOWN,
+                // Condemned: no further event frame is written; the error
+                // frame and the close get a write timeout of their own.
+                _ = kill.cancelled() => break Disconnect::SLOW_CONSUMER,
+                _ = sleep_until_ms(expiry) => {
+                    session.expire();
+                    let msg = protocol::error(ErrorCode::Unauthorized, "your token expired: private subscriptions ended, public ones continue", &None);
+                    if let Err(f) = timed(write_timeout, sink.send(text(msg))).await { break f.into(); }
+                }
+                first = queue.recv() => {
+                    let Some(first) = first else { break Disconnect::SERVER_CLOSED };
+                    let written = tokio::select! {
+                        r = timed(write_timeout, session.write_batch(&mut sink, first, &mut queue)) => r,
+                        // Stop mid-batch: tungstenite keeps a partly written
+                        // frame buffered, so the frames that follow stay whole.
+                        _ = kill.cancelled() => Ok(()),
+                    };
+                    if let Err(f) = written { break f.into(); }
+                }
+                incoming = stream.next() => {
+                    let reply = match incoming {
+                        None => break Disconnect::CLIENT_CLOSED,
+                        Some(Err(e)) => break Disconnect::of_read_error(e),
+                        Some(Ok(Message::Close(_))) => break Disconnect::CLIENT_CLOSED,
+                        Some(Ok(Message::Text(t))) => session.on_text(&t),
+                        Some(Ok(Message::Binary(_))) => Some(session.fail(ProtocolError::new(ErrorCode::BadRequest, "binary frames are not supported: send JSON text", None))),
+                        Some(Ok(_)) => None, // ping/pong: answered by the WebSocket layer
+                    };
+                    if let Some(reply) = reply
+                        && let Err(f) = timed(write_timeout, sink.send(text(reply))).await { break f.into(); }
+                    if let Some((ch, tokens)) = session.pending_subscription.take() {
+                        hub.subscribe(session.id, ch, tokens.as_deref());
+                    }
+                    if session.consecutive_errors >= session.limits.max_consecutive_errors {
+                        break Disconnect::TOO_MANY_ERRORS;
+                    }
+                }
+            }
+        },
+    };
+
+    // Gone from delivery first: nothing more is queued while we say goodbye.
+    hub.unregister(session.id, disconnect.reason);
+    metrics.disconnects.with_label_values(&[disconnect.label]).inc();
+    tracing::debug!(connection = session.id, reason = disconnect.label, "WebSocket connection ended");
+    if let Some(code) = disconnect.code {
+        // One write timeout for the goodbye as a whole (error frame + close),
+        // the same patience as any other write.
+        let goodbye = async {
+            if disconnect == Disconnect::SLOW_CONSUMER {
                 let msg = protocol::error(ErrorCode::SlowConsumer, "your queue overflowed: you were not reading fast enough", &None);
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(text(msg))).await;
-                break Exit::Close(close_code::SLOW_CONSUMER, "slow consumer: queue overflowed");
+                sink.send(text(msg)).await?;
             }
-            _ = sleep_until_ms(expiry) => {
-                session.expire();
-                let msg = protocol::error(ErrorCode::Unauthorized, "your token expired: private subscriptions ended, public ones continue", &None);
-                if sink.send(text(msg)).await.is_err() { break Exit::ClientClosed; }
-            }
-            first = queue.recv() => {
-                let Some(first) = first else { break Exit::Close(close_code::GOING_AWAY, "closed by the server") };
-                let written = tokio::select! {
-                    r = session.write_batch(&mut sink, first, &mut queue) => r,
-                    _ = kill.cancelled() => Ok(()),
-                };
-                if written.is_err() { break Exit::ClientClosed; }
-            }
-            incoming = stream.next() => {
-                let reply = match incoming {
-                    None | Some(Err(_)) => break Exit::ClientClosed,
-                    Some(Ok(Message::Close(_))) => break Exit::ClientClosed,
-                    Some(Ok(Message::Text(t))) => session.on_text(&t),
-                    Some(Ok(Message::Binary(_))) => Some(session.fail(ProtocolError::new(ErrorCode::BadRequest, "binary frames are not supported: send JSON text", None))),
-                    Some(Ok(_)) => None, // ping/pong: answered by the WebSocket layer
-                };
-                if let Some(reply) = reply
-                    && sink.send(text(reply)).await.is_err() { break Exit::ClientClosed; }
-                if let Some((ch, tokens)) = session.pending_subscription.take() {
-                    hub.subscribe(session.id, ch, tokens.as_deref());
+            sink.send(close(code, disconnect.reason)).await
+        };
+        if timed(write_timeout, goodbye).await.is_ok() {
+            // The close handshake: wait for the client's close frame (reading
+            // also drains its unread data, so the socket closes with FIN and
+            // what we sent is not discarded by a reset).
+            let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+                while let Some(Ok(m)) = stream.next().await {
+                    if matches!(m, Message::Close(_)) {
+                        break;
+                    }
                 }
-                if session.consecutive_errors >= session.limits.max_consecutive_errors {
-                    break Exit::Close(close_code::POLICY_VIOLATION, "too many invalid messages");
-                }
-            }
+            })
+            .await;
         }
-    };
-    let reason = match exit {
-        Exit::ClientClosed => "client closed",
-        Exit::Close(code, reason) => {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(close(code, reason))).await;
-            reason
-        }
-    };
-    hub.unregister(session.id, reason);
+    }
 }
 
 async fn sleep_until_ms(at_ms: Option<u64>) {
@@ -325,7 +453,7 @@ impl Session {
             Ok(identity) => {
                 if let Err(e) = self.hub.set_identity(self.id, Some(identity.clone())) {
                     // Beyond the user's connection limit: refused, then closed.
-                    self.close_after_reply = Some((close_code::POLICY_VIOLATION, "too many connections for this user"));
+                    self.close_after_reply = Some(Disconnect::USER_CONNECTION_LIMIT);
                     return Err(ProtocolError::new(ErrorCode::LimitExceeded, e.to_string(), id.clone()));
                 }
                 tracing::trace!(connection = self.id, user = %identity.user_id, admin = identity.admin, "authenticated");

@@ -1,6 +1,7 @@
 //! HTTP: `GET /health`, `GET /metrics` (Prometheus text), the WebSocket
 //! upgrade at `GET /ws`, the publish API (`POST /api/events`), and the
-//! dashboard (`GET /`, fed by `GET /api/stats`), all on one port.
+//! dashboard (`GET /`, fed by `GET /api/stats`), all on one port, served by
+//! our own accept loop (`serve`: slots, reserve, header timeout).
 //! Credentials are read one way everywhere (`credentials`); the operator
 //! endpoint `GET /api/dead-letters` needs an admin JWT or an admin key.
 //! An upgrade with a non-ASCII or repeated `Origin` is refused like a
@@ -8,6 +9,7 @@
 
 pub mod credentials;
 pub mod publish;
+pub mod serve;
 
 use crate::deliver::auth::Authenticator;
 use crate::deliver::session::{self, Limits};
@@ -57,6 +59,8 @@ pub struct AppState {
     pub publish_keys: Arc<Vec<String>>,
     /// `ADMIN_API_KEYS`: open the operator endpoints (as does an admin JWT).
     pub admin_keys: Arc<Vec<String>>,
+    /// Size and time limits of a publish body.
+    pub publish_body: publish::BodyLimits,
     pub published_ids: Arc<publish::SharedPublishedIds>,
     pub registry: TypeRegistry,
     pub factory: Arc<EventFactory>,
@@ -74,6 +78,23 @@ pub fn router(state: AppState) -> Router {
         .route("/api/stats", get(stats))
         .route("/api/dead-letters", get(dead_letters))
         .with_state(state)
+}
+
+/// What a socket on a reserve slot gets (see `serve`): every connection slot
+/// is taken, so only `/health` and `/metrics` answer.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(at_capacity)
+        .with_state(state)
+}
+
+async fn at_capacity(State(app): State<AppState>, uri: axum::http::Uri) -> Response {
+    if uri.path() == "/ws" {
+        app.metrics.connections_rejected.with_label_values(&["max_connections"]).inc();
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached: only /health and /metrics answer").into_response()
 }
 
 const DASHBOARD: &str = include_str!("../../assets/dashboard.html");
@@ -233,8 +254,9 @@ async fn websocket(
     }
     let token = query.get("token").cloned().or_else(|| credentials::bearer(&headers).map(str::to_owned));
     // Small buffers: tungstenite's defaults (128 KiB each) would dominate
-    // per-connection memory. Frames above the hard cap end the connection;
-    // those between the limit and the cap get an error frame.
+    // per-connection memory. Frames above the hard cap get close 1009 (see
+    // `session::Disconnect`); those between the limit and the cap get an
+    // error frame.
     let hard_cap = (app.limits.max_frame_bytes * 4).max(64 * 1024);
     ws.read_buffer_size(2 * 1024)
         .write_buffer_size(8 * 1024)

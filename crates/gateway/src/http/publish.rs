@@ -10,12 +10,17 @@
 //! `"duplicate": true` and not sent again.
 //!
 //! Authentication: an API key from `PUBLISH_API_KEYS`, as `Authorization:
-//! Bearer <key>` or `X-API-Key: <key>`.
+//! Bearer <key>` or `X-API-Key: <key>`. The key is checked on the headers,
+//! before a byte of the body is read: an unauthenticated request costs no
+//! memory. The body is then read with a size cap (`PUBLISH_MAX_BODY_BYTES`,
+//! 413 beyond it) and a time limit (`PUBLISH_BODY_TIMEOUT_MS`, 408 after).
 
 use super::AppState;
 use crate::kafka::producer::Delivered;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use futures::StreamExt;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use moonx_events::decode::{decode_event, DecodeOptions};
@@ -26,6 +31,58 @@ use std::sync::Mutex;
 
 pub const MAX_BATCH: usize = 1000;
 const IDEMPOTENCY_WINDOW: usize = 100_000;
+
+/// How big a publish body may be and how long it may take to arrive.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max_bytes: usize,
+    pub timeout: std::time::Duration,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        use crate::config::defaults;
+        BodyLimits {
+            max_bytes: defaults::PUBLISH_MAX_BODY_BYTES as usize,
+            timeout: std::time::Duration::from_millis(defaults::PUBLISH_BODY_TIMEOUT_MS),
+        }
+    }
+}
+
+fn too_large(limits: &BodyLimits) -> Response {
+    error(StatusCode::PAYLOAD_TOO_LARGE, &format!("the body exceeds {} bytes (PUBLISH_MAX_BODY_BYTES)", limits.max_bytes))
+}
+
+/// The body, within the limits: a declared length above the cap is refused
+/// before reading, a body that grows past it as soon as it does.
+async fn read_body(headers: &HeaderMap, body: Body, limits: &BodyLimits) -> Result<Bytes, Response> {
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_bytes as u64) {
+        return Err(too_large(limits));
+    }
+    let read = async {
+        let mut stream = body.into_data_stream();
+        let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                tracing::debug!("publish body not read: {e}");
+                error(StatusCode::BAD_REQUEST, "the request body could not be read")
+            })?;
+            if buf.len() + chunk.len() > limits.max_bytes {
+                return Err(too_large(limits));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    };
+    match tokio::time::timeout(limits.timeout, read).await {
+        Ok(r) => r,
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!("the body did not arrive within {} ms (PUBLISH_BODY_TIMEOUT_MS)", limits.timeout.as_millis()),
+        )),
+    }
+}
 
 /// Ids published with a client-supplied eventId, and where they went.
 #[derive(Default)]
@@ -58,7 +115,9 @@ fn authorized(keys: &[String], headers: &HeaderMap) -> bool {
     super::credentials::api_key(headers).is_some_and(|given| super::credentials::key_matches(keys, given))
 }
 
-pub async fn publish(State(app): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+pub async fn publish(State(app): State<AppState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     let Some(publisher) = &app.publisher else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "publishing needs a source: EVENT_PROCESSING_ENABLED is off");
     };
@@ -68,6 +127,10 @@ pub async fn publish(State(app): State<AppState>, headers: HeaderMap, body: axum
     if !authorized(&app.publish_keys, &headers) {
         return error(StatusCode::UNAUTHORIZED, "a valid API key is required (Authorization: Bearer <key> or X-API-Key)");
     }
+    let body = match read_body(&headers, body, &app.publish_body).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
     let doc: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("the body is not JSON: {e}")),
