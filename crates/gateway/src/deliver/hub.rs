@@ -580,7 +580,7 @@ mod tests {
         hub.set_identity(alice.id, identity("alice", false, 60_000)).unwrap();
         hub.set_identity(bob.id, identity("bob", false, 60_000)).unwrap();
         hub.set_identity(ops.id, identity("ops", true, 60_000)).unwrap();
-        hub.set_identity(stale.id, identity("alice", true, -1)).unwrap();
+        hub.set_identity(stale.id, identity("alice", true, -60_000)).unwrap();
         for r in [&alice, &bob, &anon, &ops, &stale] {
             hub.subscribe(r.id, Channel::Orders, None);
             hub.subscribe(r.id, Channel::System, None);
