@@ -8,20 +8,7 @@ import {
   TypeRegistry, partitionKey, validateEvent, parseJsonTree, canonicalJson, EVENT_TYPES, DEFAULT_CLASSIFICATION, migrateLegacy,
 } from '../dist/events/index.js';
 
-const user = 'user-456';
-export const SAMPLE_DATA = {
-  'price.updated': { token: 'ETH', chainId: 1, price: '3000.00', priceUsd: '3000.00', change24h: '-1.25', volume24h: '1250000.50' },
-  'order.created': { orderId: 'o-1', userId: user, tokenIn: 'ETH', tokenOut: 'USDT', amountIn: '1.0', amountOutExpected: '3000.0', chainId: 1, orderType: 'market', status: 'pending' },
-  'order.updated': { orderId: 'o-1', userId: user, status: 'filled', previousStatus: 'pending', filledAmount: '1.0' },
-  'order.cancelled': { orderId: 'o-1', userId: user, reason: 'user request' },
-  'portfolio.updated': { userId: user, totalValueUsd: '3000.00', holdings: [{ token: 'ETH', chainId: 1, balance: '1.0', valueUsd: '3000.00' }] },
-  'trade.executed': { tradeId: 't-1', orderId: 'o-1', userId: user, tokenIn: 'ETH', tokenOut: 'USDT', amountIn: '1.0', amountOut: '2999.5', price: '2999.5', chainId: 1, txHash: '0xabc' },
-  'trade.failed': { orderId: 'o-2', userId: user, tokenIn: 'ETH', tokenOut: 'USDT', amountIn: '1.0', chainId: 1, reason: 'slippage' },
-  'user.connected': { userId: user, connectionId: 'c-1', instanceId: 'gw-1' },
-  'user.disconnected': { userId: user, connectionId: 'c-1', instanceId: 'gw-1', durationMs: 1200 },
-  'system.health_check': { service: 'price-service', status: 'healthy', uptimeSeconds: 60 },
-  'system.error': { service: 'price-service', errorCode: 'E42', message: 'feed stalled', severity: 'warning' },
-};
+import { SAMPLE_DATA } from './samples.mjs';
 
 const HELPERS = {
   'price.updated': createPriceUpdatedEvent, 'order.created': createOrderCreatedEvent, 'order.updated': createOrderUpdatedEvent,
@@ -48,7 +35,7 @@ test('a helper per built-in type fills the metadata and the result is valid', ()
 test('partition keys follow the strategy', () => {
   assert.equal(createPriceUpdatedEvent(SAMPLE_DATA['price.updated']).metadata.partition, 'prices');
   assert.equal(createSystemErrorEvent(SAMPLE_DATA['system.error']).metadata.partition, 'system');
-  assert.equal(createOrderCreatedEvent(SAMPLE_DATA['order.created']).metadata.partition, user);
+  assert.equal(createOrderCreatedEvent(SAMPLE_DATA['order.created']).metadata.partition, 'user-456');
   assert.equal(partitionKey('order.created'), 'order.created');
   const r = new TypeRegistry().register({ name: 'reward.granted', defaultClassification: 'confidential' }).register({ name: 'market.opened', defaultClassification: 'public' });
   assert.equal(partitionKey('reward.granted', 'u9', r), 'u9');
