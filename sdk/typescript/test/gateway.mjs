@@ -14,18 +14,21 @@ import { repoRoot } from './helpers.mjs';
 export const BIN = process.env.MOONX_WS_BIN || path.join(process.env.CARGO_TARGET_DIR || path.join(repoRoot, 'target'), 'debug', 'moonx-ws');
 const START_TIMEOUT_MS = 30_000;
 
-/** Starts a gateway; `port` to reuse an address (restart), `env` for extra settings. */
-export async function startGateway({ port = 0, env = {}, secret, apiKey } = {}) {
+/**
+ * Starts a gateway: `mode` `dev` (embedded bus) or `serve` (Kafka, configured
+ * through `env`); `port` to reuse an address (restart), `env` for settings.
+ */
+export async function startGateway({ mode = 'dev', port = 0, env = {}, secret, apiKey } = {}) {
   if (!fs.existsSync(BIN)) throw new Error(`no moonx-ws binary at ${BIN}: run \`cargo build -p moonx-ws\` or set MOONX_WS_BIN`);
   secret ??= crypto.randomBytes(16).toString('hex');
   apiKey ??= 'test-' + crypto.randomBytes(8).toString('hex');
-  const child = spawn(BIN, ['dev'], {
+  const child = spawn(BIN, [mode], {
     env: { ...process.env, PORT: String(port), JWT_SECRET: secret, PUBLISH_API_KEYS: apiKey, NO_COLOR: '1', RUST_LOG: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let log = '';
   const addr = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`moonx-ws dev did not start within ${START_TIMEOUT_MS} ms:\n${log}`)), START_TIMEOUT_MS);
+    const timer = setTimeout(() => reject(new Error(`moonx-ws ${mode} did not start within ${START_TIMEOUT_MS} ms:\n${log}`)), START_TIMEOUT_MS);
     const onData = (chunk) => {
       log += chunk.toString();
       // eslint-disable-next-line no-control-regex
@@ -39,7 +42,7 @@ export async function startGateway({ port = 0, env = {}, secret, apiKey } = {}) 
     child.stderr.on('data', onData);
     child.on('exit', (code) => {
       clearTimeout(timer);
-      reject(new Error(`moonx-ws dev exited (${code}) before listening:\n${log}`));
+      reject(new Error(`moonx-ws ${mode} exited (${code}) before listening:\n${log}`));
     });
   });
   const exited = new Promise((resolve) => child.on('exit', resolve));
