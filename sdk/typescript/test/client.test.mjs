@@ -168,7 +168,7 @@ test('resume after a network drop: no loss, no duplicate, recovered:true (needs 
   const c = client({
     url: proxy.url,
     token: gw.token(user),
-    reconnect: { initialDelayMs: 1500, maxDelayMs: 1500, jitter: 0 },
+    reconnect: { initialDelayMs: 100, maxDelayMs: 500 },
     onResumed: (i) => resumed.push(i),
     onResumeFailed: (i) => failed.push(i),
   });
@@ -180,10 +180,13 @@ test('resume after a network drop: no loss, no duplicate, recovered:true (needs 
     await waitFor(() => ids(c, 'orders').length === 5, 'the first 5 orders');
     assert.ok(c.got.orders.every((x) => typeof x.info.pos === 'string'), 'every orders frame carries pos');
 
+    // The network goes away until the missed events are published.
+    proxy.block();
     proxy.dropAll();
     await waitFor(() => c.state === 'reconnecting', 'the client to notice the drop');
     const during = Array.from({ length: 20 }, () => event('order.updated', user));
     await gw.publish(during);
+    proxy.unblock();
     await waitFor(() => resumed.length + failed.length > 0, 'the re-subscription', 10_000);
     const after = Array.from({ length: 5 }, () => event('order.cancelled', user));
     await gw.publish(after);

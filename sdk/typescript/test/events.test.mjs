@@ -98,3 +98,27 @@ test('legacy migration is deterministic and agrees with a migrated id computed i
   const wrong = migrateLegacy({ type: 'order_created', timestamp: 1764000000000 }, 'moonx.price.updates');
   assert.deepEqual([wrong.ok, wrong.reason], [false, 'wrong_topic']);
 });
+
+test('hostile input: any text gets a verdict, never a crash; nesting is bounded', () => {
+  assert.deepEqual(validateEvent('['.repeat(200) + ']'.repeat(200)).errors.map((e) => e.code), ['invalid_json']);
+  assert.deepEqual(validateEvent('['.repeat(100) + ']'.repeat(100)).errors.map((e) => `${e.path} ${e.code}`), [' type']);
+  for (const text of ['', ' ', 'nul', '{"a":1,}', '"\\ud800"', '1e400', '{"metadata":{}}x', '\u0000', '01', '-']) {
+    assert.deepEqual(validateEvent(text).errors.map((e) => e.code), ['invalid_json'], JSON.stringify(text));
+  }
+  // Random bytes-as-text: a verdict every time.
+  let seed = 42;
+  const rnd = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+  const alphabet = '{}[]":,0123456789.eE-+ truefalsnul\\metadatyp';
+  for (let i = 0; i < 2000; i++) {
+    const text = Array.from({ length: Math.floor(rnd() * 40) }, () => alphabet[Math.floor(rnd() * alphabet.length)]).join('');
+    const r = validateEvent(text);
+    assert.equal(r.isValid, false);
+    assert.ok(r.errors.length > 0);
+  }
+  // Duplicate member names: the last one wins, as in serde_json.
+  assert.equal(canonicalJson(parseJsonTree('{"a":1,"a":2}')), '{"a":2}');
+  // A member named __proto__ is data, not a prototype.
+  const m = migrateLegacy('{"type":"price","timestamp":1764000000000,"__proto__":{"x":1}}', 'moonx.price.updates');
+  assert.ok(m.ok);
+  assert.deepEqual(Object.keys(m.envelope.data), ['__proto__']);
+});

@@ -88,13 +88,19 @@ export function signJwt(claims, secret) {
 
 /**
  * A TCP proxy in front of the gateway: `dropAll()` cuts every connection
- * (a network drop: no close frame), `pause()` stops reading from the server
- * (a client that cannot keep up).
+ * (a network drop: no close frame), `block()` refuses new connections until
+ * `unblock()`, `pause()` stops reading from the server (a client that cannot
+ * keep up).
  */
 export async function startProxy(targetPort) {
   const pairs = new Set();
   let paused = false;
+  let blocked = false;
   const server = net.createServer((client) => {
+    if (blocked) {
+      client.destroy();
+      return;
+    }
     const upstream = net.connect(targetPort, '127.0.0.1');
     const pair = { client, upstream };
     pairs.add(pair);
@@ -122,6 +128,12 @@ export async function startProxy(targetPort) {
         p.upstream.destroy();
       }
       pairs.clear();
+    },
+    block() {
+      blocked = true;
+    },
+    unblock() {
+      blocked = false;
     },
     pause() {
       paused = true;
