@@ -240,3 +240,33 @@ test('reconnect after the server closes the socket (restart): re-auth, re-subscr
     await restarted?.stop();
   }
 });
+
+test('slow consumer: the server closes with 3008 and the client reconnects and goes on', async () => {
+  const own = await startGateway({ env: { WS_QUEUE_CAPACITY: '8' } });
+  const proxy = await startProxy(own.port);
+  const errors = [];
+  const c = new MoonxClient({ url: proxy.url, reconnect: { initialDelayMs: 100, maxDelayMs: 500 }, onError: (e) => errors.push(e) });
+  const slowDisconnects = async () => Number(/^moonx_ws_slow_consumer_disconnects_total (\d+)/m.exec(await (await fetch(`${own.http}/metrics`)).text())?.[1] ?? 0);
+  try {
+    const token = uid('SLOW');
+    const got = [];
+    await c.connect();
+    await c.subscribe('prices', (e) => got.push(e.metadata.eventId), { tokens: [token] });
+    proxy.pause(); // the client stops reading: TCP buffers fill, then the server's queue
+    for (let batch = 0; batch < 40 && (await slowDisconnects()) === 0; batch++) {
+      await own.publish(Array.from({ length: 1000 }, () => event('price.updated', null, { token })));
+    }
+    assert.equal(await slowDisconnects(), 1, 'the server dropped the client as a slow consumer');
+    proxy.resume(); // what was buffered flows, then the error frame and the close
+    await waitFor(() => errors.some((e) => e instanceof MoonxServerError && e.code === 'slow_consumer'), 'the slow_consumer notice', 30_000);
+    await waitFor(() => c.state === 'open' && proxy.connections === 1, 'a new connection', 10_000);
+    const after = event('price.updated', null, { token });
+    await own.publish(after);
+    await waitFor(() => got.includes(after.metadata.eventId), 'events on the new connection');
+    assert.equal(new Set(got).size, got.length, 'no event twice');
+  } finally {
+    c.close();
+    await proxy.close();
+    await own.stop();
+  }
+});

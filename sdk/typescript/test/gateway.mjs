@@ -142,6 +142,14 @@ export async function startProxy(targetPort) {
         p.upstream.pause();
       }
     },
+    /** Reading from the server again (what was held back flows). */
+    resume() {
+      paused = false;
+      for (const p of pairs) {
+        p.upstream.pipe(p.client);
+        p.upstream.resume();
+      }
+    },
     close: () => new Promise((r) => { for (const p of pairs) { p.client.destroy(); p.upstream.destroy(); } server.close(r); }),
   };
 }
