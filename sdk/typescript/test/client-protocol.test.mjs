@@ -112,3 +112,25 @@ test('backoff grows exponentially to its ceiling, with jitter inside the bounds'
     assert.ok(new Set(samples).size > 1 || ceiling < 4, 'jittered');
   }
 });
+
+test('a server that never completes the upgrade: the client gives up on the attempt and retries; close() while connecting is safe', async () => {
+  const net = await import('node:net');
+  let accepted = 0;
+  const sockets = [];
+  const srv = net.createServer((s) => {
+    accepted += 1;
+    sockets.push(s);
+  });
+  await new Promise((r) => srv.listen(0, '127.0.0.1', r));
+  const c = new MoonxClient({ url: `ws://127.0.0.1:${srv.address().port}/ws`, requestTimeoutMs: 200, reconnect: { initialDelayMs: 50, maxDelayMs: 100 } });
+  const connecting = c.connect();
+  try {
+    await waitFor(() => accepted >= 2, 'a second attempt', 5000);
+    c.close(); // the socket is still connecting: no crash, connect() rejects
+    await assert.rejects(connecting, (e) => e.code === 'closed');
+    assert.equal(c.state, 'closed');
+  } finally {
+    for (const s of sockets) s.destroy();
+    await new Promise((r) => srv.close(r));
+  }
+});

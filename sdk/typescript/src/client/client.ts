@@ -66,7 +66,7 @@ export interface ClientOptions {
   pingIntervalMs?: number;
   /** A ping without a pong within this time means the connection is dead (ms). Default 10000. */
   pongTimeoutMs?: number;
-  /** How long a request (auth, subscribe, …) may wait for its reply (ms). Default 10000. */
+  /** How long opening the socket, or a request (auth, subscribe, …), may take (ms). Default 10000. */
   requestTimeoutMs?: number;
   /** How many recent eventIds are remembered to drop duplicates. Default 2048. */
   dedupWindow?: number;
@@ -343,7 +343,14 @@ export class MoonxClient {
       return;
     }
     this.socket = socket;
-    socket.onopen = () => void this.onOpen(socket);
+    // A server that accepts TCP but never completes the upgrade must not hold us forever.
+    const openTimer = setTimeout(() => {
+      if (socket === this.socket && this.stateValue !== 'open') this.dropSocket(socket, 4003, 'open timed out');
+    }, this.opts.requestTimeoutMs);
+    socket.onopen = () => {
+      clearTimeout(openTimer);
+      void this.onOpen(socket);
+    };
     socket.onmessage = (ev) => this.onFrame(ev.data);
     socket.onerror = () => {
       /* the close event follows; it decides */
@@ -662,9 +669,16 @@ export class MoonxClient {
   }
 }
 
+const ignore = (): void => {};
+
+/**
+ * Stops a socket from reaching the client. Handlers become no-ops rather
+ * than `null`: `ws` emits `error` when a socket still connecting is closed,
+ * and an `error` without a listener would crash a Node.js process.
+ */
 function detach(s: WebSocketLike): void {
-  s.onopen = null;
-  s.onmessage = null;
-  s.onclose = null;
-  s.onerror = null;
+  s.onopen = ignore;
+  s.onmessage = ignore;
+  s.onclose = ignore;
+  s.onerror = ignore;
 }
