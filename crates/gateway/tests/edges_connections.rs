@@ -584,8 +584,32 @@ fn each_new_limit_refuses_a_bad_value_naming_its_variable() {
         ("WS_WRITE_TIMEOUT_MS", "-1"),
         ("WS_MAX_CONNECTIONS", "0"),
     ] {
-        let (ok, _, err) = run_cli(&["dev", "--port", "0"], &[(var, bad)]);
-        assert!(!ok, "{var}={bad} was accepted");
+        // Spawned, not waited on blindly: a gateway that accepted the value
+        // would run until killed.
+        let mut child = std::process::Command::new(bin())
+            .args(["dev", "--port", "0"])
+            .env(var, bad)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        let ok = status.is_none_or(|s| s.success());
+        assert!(!ok, "{var}={bad} was accepted (the gateway started)");
         assert!(err.contains(var), "{var}={bad}: the error names the variable: {err}");
     }
 }
