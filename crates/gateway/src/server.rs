@@ -1,8 +1,8 @@
 //! Assembles and runs the gateway: metrics, hub, router, pipeline, a source
 //! (the Kafka consumer, or the embedded bus of `moonx-ws dev`) and the
-//! HTTP/WebSocket server (our accept loop, `http::serve`), with graceful shutdown on SIGTERM or Ctrl-C (stop
-//! accepting, close clients with 1001 "going away", commit processed
-//! offsets, exit).
+//! HTTP/WebSocket server (our accept loop, `http::serve`), with graceful
+//! shutdown on SIGTERM or Ctrl-C (stop accepting, close clients with 1001
+//! "going away", commit processed offsets, exit).
 
 use crate::config::{CommonArgs, ConsumerArgs, KafkaArgs, ServeArgs};
 use crate::deliver::auth::Authenticator;
