@@ -1,8 +1,8 @@
 //! Assembles and runs the gateway: metrics, hub, router, pipeline, a source
 //! (the Kafka consumer, or the embedded bus of `moonx-ws dev`) and the
-//! HTTP/WebSocket server (our accept loop, `http::serve`), with graceful shutdown on SIGTERM or Ctrl-C (stop
-//! accepting, close clients with 1001 "going away", commit processed
-//! offsets, exit).
+//! HTTP/WebSocket server (our accept loop, `http::serve`), with graceful
+//! shutdown on SIGTERM or Ctrl-C (stop accepting, close clients with 1001
+//! "going away", commit processed offsets, exit).
 
 use crate::config::{CommonArgs, ConsumerArgs, KafkaArgs, ServeArgs};
 use crate::deliver::auth::Authenticator;
@@ -229,13 +229,9 @@ impl Gateway {
         // Sessions close themselves with 1001 on the same signal; give them,
         // the consumer's final commit and the presence producer a moment.
         let drain = async {
-            // Sessions run outside the server's task once upgraded: wait for
-            // their close frames to be out.
-            let closing = tokio::time::Instant::now() + Duration::from_secs(3);
-            while hub.connection_count() > 0 && tokio::time::Instant::now() < closing {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
             while tasks.join_next().await.is_some() {}
+            // The accept loop returns once every socket is closed, upgraded
+            // ones included, so their close frames are out by then.
             let _ = server.await;
         };
         if tokio::time::timeout(Duration::from_secs(15), drain).await.is_err() {

@@ -446,6 +446,27 @@ async fn a_slow_consumer_that_reads_again_sees_the_error_frame_and_3008() {
     assert_eq!(metric(&m, "moonx_ws_connections", &[]), 0.0);
 }
 
+/// An event frame above the WebSocket write buffer's old 256 KiB cap (a
+/// valid 600 KB `system.error`; the main topic takes records up to 1 MB)
+/// reaches its subscriber instead of ending the connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_event_frame_is_delivered_not_a_dropped_connection() {
+    let (topics, gw) = started("edge-bigframe", vec![("WS_PRESENCE_EVENTS", "false".into())]).await;
+    let mut ops = Client::authed(&gw.ws_url(), "ops", &["admin"]).await;
+    ops.subscribe("system").await;
+    let big = "e".repeat(600 * 1000);
+    let mut data = sample_data("system.error", "", 1);
+    data["message"] = serde_json::Value::String(big.clone());
+    let event = moonx_events::EventFactory::new("it")
+        .create_from_json(&moonx_events::EventType::parse("system.error"), data, Default::default())
+        .expect("a valid system.error");
+    send_event(&producer(), &topics.main, &event).await.unwrap();
+    let frame = ops.recv_type("event", Duration::from_secs(15)).await;
+    assert_eq!(frame["event"]["data"]["message"].as_str().map(str::len), Some(big.len()));
+    ops.send_json(serde_json::json!({"type": "ping", "id": 2})).await;
+    assert_eq!(ops.recv_type("pong", T5).await["id"], 2, "the connection goes on");
+}
+
 // ---------------------------------------------------------------- item 10
 
 const HANDSHAKE: &str = "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -584,8 +605,32 @@ fn each_new_limit_refuses_a_bad_value_naming_its_variable() {
         ("WS_WRITE_TIMEOUT_MS", "-1"),
         ("WS_MAX_CONNECTIONS", "0"),
     ] {
-        let (ok, _, err) = run_cli(&["dev", "--port", "0"], &[(var, bad)]);
-        assert!(!ok, "{var}={bad} was accepted");
+        // Spawned, not waited on blindly: a gateway that accepted the value
+        // would run until killed.
+        let mut child = std::process::Command::new(bin())
+            .args(["dev", "--port", "0"])
+            .env(var, bad)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        let ok = status.is_none_or(|s| s.success());
+        assert!(!ok, "{var}={bad} was accepted (the gateway started)");
         assert!(err.contains(var), "{var}={bad}: the error names the variable: {err}");
     }
 }

@@ -260,11 +260,19 @@ async fn websocket(
     let hard_cap = (app.limits.max_frame_bytes * 4).max(64 * 1024);
     ws.read_buffer_size(2 * 1024)
         .write_buffer_size(8 * 1024)
-        .max_write_buffer_size(256 * 1024)
+        .max_write_buffer_size(MAX_OUTBOUND_FRAME_BYTES)
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
         .on_upgrade(move |socket| session::run(socket, app.hub, app.auth, app.limits, token, app.shutdown))
 }
+
+/// The write buffer's cap must hold the largest frame we send whole (a frame
+/// above it is refused by tungstenite and ended the connection): an event
+/// frame carries a record of up to the main topic's `max.message.bytes`
+/// (1,000,000) plus the frame's wrapper. The buffer only grows to what is
+/// written (about 8 KiB plus one frame), so this cap costs nothing until a
+/// large frame comes.
+const MAX_OUTBOUND_FRAME_BYTES: usize = 2 * 1024 * 1024;
 
 fn origin_allowed(allowed: &[String], origin: &str) -> bool {
     allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
