@@ -123,7 +123,8 @@ async fn wide_token_filters_are_capped_and_a_crowd_of_them_takes_nothing_from_a_
         .await;
         crowd.extend(batch);
     }
-    assert_eq!(metric(&gw.metrics().await, "moonx_ws_subscriptions", &[("channel", "prices")]), 1000.0);
+    // The hub records a subscription right after its reply is written: wait for it.
+    gw.wait_metric("1,000 prices subscriptions", "moonx_ws_subscriptions", &[("channel", "prices")], T30, |v| v == 1000.0).await;
 
     let mut normal = Client::connect(&url).await;
     normal.subscribe("prices").await;
@@ -313,7 +314,7 @@ async fn jwt_forgeries_are_refused_in_our_words() {
 /// The known offenders of issue 9 get our sentences, never a library's.
 #[tokio::test(flavor = "multi_thread")]
 async fn error_texts_are_ours() {
-    let gw = dev(vec![("WS_RATE_LIMIT_BURST", "1000".into())]).await;
+    let gw = dev(vec![("WS_RATE_LIMIT_BURST", "1000".into()), ("PUBLISH_API_KEYS", "pub-key".into())]).await;
     let mut c = Client::connect(&gw.ws_url()).await;
     let none_alg = forge(json!({"alg": "none"}), json!({"sub": "x", "exp": now_secs() + 60}));
     let unknown_alg = forge(json!({"alg": "XYZ"}), json!({"sub": "x", "exp": now_secs() + 60}));
@@ -343,6 +344,20 @@ async fn error_texts_are_ours() {
         &body,
         &["this endpoint expects a WebSocket upgrade (GET with Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13)"],
     );
+
+    // The publish API: a body that is not JSON gets our words, not the parser's.
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/events", gw.base()))
+        .header("X-API-Key", "pub-key")
+        .header("content-type", "application/json")
+        .body("{\"type\": ")
+        .timeout(T5)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_our_words(body["error"].as_str().unwrap(), &["the body is not JSON: send an event object or an array of them"]);
 }
 
 /// `Authorization: Bearer` on the upgrade, any case of the scheme.

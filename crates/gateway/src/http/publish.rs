@@ -133,7 +133,10 @@ pub async fn publish(State(app): State<AppState>, request: Request) -> Response 
     };
     let doc: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("the body is not JSON: {e}")),
+        Err(e) => {
+            tracing::debug!("publish body is not JSON: {e}");
+            return error(StatusCode::BAD_REQUEST, "the body is not JSON: send an event object or an array of them");
+        }
     };
     let items = match doc {
         Value::Array(items) => items,
@@ -172,7 +175,7 @@ pub async fn publish(State(app): State<AppState>, request: Request) -> Response 
                     tracing::error!(eventId = %event.metadata.event_id, "publish failed: {e:#}");
                     return (
                         StatusCode::BAD_GATEWAY,
-                        Json(json!({"error": format!("publishing failed: {e}"), "published": published})),
+                        Json(json!({"error": "publishing failed: the event stream did not acknowledge the event; the ones listed were published", "published": published})),
                     )
                         .into_response();
                 }
@@ -196,7 +199,10 @@ fn build(app: &AppState, item: Value) -> Result<(Event, bool), Value> {
         return match decode_event(&bytes, &options) {
             Ok(e) => audience_check(app, e).map(|e| (e, true)),
             Err(DecodeError::Invalid(e)) => Err(errs(e)),
-            Err(other) => Err(one("", other.code(), other.to_string())),
+            Err(other) => {
+                tracing::debug!("publish item not decodable: {other}");
+                Err(one("", other.code(), "the item cannot be read as an event envelope".into()))
+            }
         };
     }
     let text = |k: &str| item.get(k).and_then(Value::as_str).map(str::to_owned);
