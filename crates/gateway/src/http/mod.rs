@@ -126,7 +126,7 @@ async fn stats(State(app): State<AppState>) -> Response {
 /// The embedded bus's most recent dead letters (newest last). They hold
 /// whole payloads (user ids, orders): an admin credential is required.
 async fn dead_letters(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(refused) = require_admin(&app, &headers) {
+    if let Some(refused) = refuse_non_admin(&app, &headers) {
         return refused;
     }
     match &app.dead_letters {
@@ -146,17 +146,17 @@ enum AdminAccess {
     Forbidden,
 }
 
-/// The answer to a request without admin access (401 or 403), if refused.
-fn require_admin(app: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+/// The answer to a request without admin access (401 or 403); `None` when granted.
+fn refuse_non_admin(app: &AppState, headers: &HeaderMap) -> Option<Response> {
     match admin_access(app, headers) {
-        AdminAccess::Granted => Ok(()),
-        AdminAccess::Missing => Err((
+        AdminAccess::Granted => None,
+        AdminAccess::Missing => Some((
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
             Json(json!({"error": "an admin credential is required: Authorization: Bearer <admin JWT or ADMIN_API_KEYS key>, or X-API-Key"})),
         )
             .into_response()),
-        AdminAccess::Forbidden => Err((StatusCode::FORBIDDEN, Json(json!({"error": "this endpoint needs the admin role"}))).into_response()),
+        AdminAccess::Forbidden => Some((StatusCode::FORBIDDEN, Json(json!({"error": "this endpoint needs the admin role"}))).into_response()),
     }
 }
 

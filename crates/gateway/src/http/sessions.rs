@@ -46,7 +46,7 @@ struct RevokeRequest {
 }
 
 pub async fn revoke(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    if let Err(refused) = super::require_admin(&app, &headers) {
+    if let Some(refused) = super::refuse_non_admin(&app, &headers) {
         return refused;
     }
     let read = tokio::time::timeout(app.publish_body.timeout, axum::body::to_bytes(body, MAX_REVOKE_BODY_BYTES)).await;
@@ -130,7 +130,7 @@ pub async fn connections(
     headers: HeaderMap,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Response {
-    if let Err(refused) = super::require_admin(&app, &headers) {
+    if let Some(refused) = super::refuse_non_admin(&app, &headers) {
         return refused;
     }
     let user_id = match query.as_ref().ok().and_then(|Query(q)| q.get("userId")).map(|u| u.trim()) {
