@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 const ADMIN_KEY: &str = "revocation-admin-key";
+const PUBLISH_KEY: &str = "revocation-publish-key";
 const SESSION_REVOKED: u16 = 4001;
 
 fn now_secs() -> u64 {
@@ -179,7 +180,7 @@ async fn a_revocation_cuts_the_user_off_on_every_instance_and_refuses_old_tokens
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_session_api_needs_an_admin_and_checks_its_input() {
     let topics = create_topics("revocation-auth").await;
-    let g = start(&topics, "rev-auth", vec![]);
+    let g = start(&topics, "rev-auth", vec![("PUBLISH_API_KEYS", PUBLISH_KEY.into())]);
     g.wait_healthy().await;
     let body = json!({"userId": "someone", "reason": "test"});
 
@@ -208,6 +209,19 @@ async fn the_session_api_needs_an_admin_and_checks_its_input() {
     }
     let (status, answer) = get_connections(&g, admin, "").await;
     assert_eq!(status, 400, "listing without userId: {answer}");
+
+    // A publish key cannot revoke: session.revoked is refused by the publish API.
+    let forged = json!({"type": "session.revoked", "userId": "someone", "data": {"userId": "someone", "revokedAt": moonx_events::validate::now_ms()}});
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/events", g.base()))
+        .header("X-API-Key", PUBLISH_KEY)
+        .json(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let answer: Value = r.json().await.unwrap();
+    assert!(answer.to_string().contains("admin_only"), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
