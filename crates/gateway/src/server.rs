@@ -149,7 +149,12 @@ impl Gateway {
             SourceConfig::Kafka { kafka, consumer } if consumer.processing => {
                 // The revocations still in force, before serving anyone.
                 let (brokers, topic, h) = (kafka.brokers.clone(), kafka.main_topic.clone(), hub.clone());
-                match tokio::task::spawn_blocking(move || crate::source::revocations::read_back(&brokers, &topic, &h)).await? {
+                let read_back = tokio::task::spawn_blocking(move || crate::source::revocations::read_back(&brokers, &topic, &h));
+                let read_back = tokio::select! {
+                    r = read_back => r?,
+                    _ = shutdown.cancelled() => return Ok(()),
+                };
+                match read_back {
                     Ok(found) => tracing::info!(records = found.records, revocations = found.revocations, window_secs = ws.revocation_window_secs, "revocations read back"),
                     Err(e) => tracing::error!("revocations not read back (serving anyway; revoked tokens may be accepted until their revocation arrives): {e:#}"),
                 }

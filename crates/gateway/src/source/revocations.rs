@@ -23,8 +23,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// The longest the start-up read-back may take (metadata, offsets and reading).
-pub const READ_BACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest the start-up read-back may take (metadata, offsets and
+/// reading): a window of revocation traffic reads in far less, and an
+/// unreachable broker must not hold start-up for long.
+pub const READ_BACK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What the read-back found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
