@@ -785,4 +785,32 @@ mod tests {
         assert!(matches!(&p[1], Presence::Disconnected { user_id, reason, .. } if user_id == "alice" && reason == "client closed"));
         assert!(hub.state().users.is_empty());
     }
+
+    #[test]
+    fn a_revocation_cuts_off_the_tokens_it_covers_and_refuses_them_afterwards() {
+        let hub = hub();
+        let now_secs = moonx_events::validate::now_ms() / 1000;
+        let with_iat = |iat: Option<u64>| identity("mallory", false, 60_000).map(|i| Identity { issued_at_secs: iat, ..i });
+        let old = hub.register().unwrap();
+        let fresh = hub.register().unwrap();
+        let other = hub.register().unwrap();
+        hub.set_identity(old.id, with_iat(Some(now_secs - 10))).unwrap();
+        hub.set_identity(fresh.id, with_iat(Some(now_secs + 5))).unwrap();
+        hub.set_identity(other.id, identity("bob", false, 60_000)).unwrap();
+        hub.subscribe(old.id, Channel::Orders, None);
+        let at = moonx_events::validate::now_ms();
+        assert_eq!(hub.revoke_user("mallory", at), 1, "only the token issued before");
+        assert!(old.revoked.is_cancelled() && !fresh.revoked.is_cancelled() && !other.revoked.is_cancelled());
+        assert_eq!(hub.revoke_user("mallory", at), 0, "applying it again cuts off nothing more");
+        let mut old = old;
+        publish(&hub, Channel::Orders, Audience::User("mallory".into()), &order("mallory"));
+        assert_eq!(received(&mut old), vec![], "no frame after the revocation");
+        assert_eq!(hub.connections_of("mallory").len(), 1, "the listing shows the live one only");
+        hub.unregister(old.id, "session revoked");
+        let late = hub.register().unwrap();
+        assert_eq!(hub.set_identity(late.id, with_iat(None)), Err(HubError::Revoked), "no iat: refused");
+        assert_eq!(hub.set_identity(late.id, with_iat(Some(now_secs - 1))), Err(HubError::Revoked));
+        assert!(hub.set_identity(late.id, with_iat(Some(now_secs + 5))).is_ok(), "issued after");
+        assert!(hub.is_revoked("mallory") && !hub.is_revoked("bob"));
+    }
 }
