@@ -1,6 +1,6 @@
 //! The type discriminator: `metadata.eventType`.
 //!
-//! The 11 built-in types are enum variants; anything else is kept as
+//! The 12 built-in types are enum variants; anything else is kept as
 //! [`EventType::Custom`] and is valid only when registered in a
 //! [`crate::TypeRegistry`].
 
@@ -18,6 +18,10 @@ pub enum EventType {
     TradeFailed,
     UserConnected,
     UserDisconnected,
+    /// An operator revoked a user's sessions (`POST /api/sessions/revoke`):
+    /// every gateway instance closes the user's connections and refuses the
+    /// user's tokens issued before it.
+    SessionRevoked,
     SystemHealthCheck,
     SystemError,
     /// A type outside the built-in set; see [`crate::TypeRegistry`].
@@ -26,7 +30,7 @@ pub enum EventType {
 
 impl EventType {
     /// The built-in types, in the order of the specification.
-    pub const BUILT_IN: [EventType; 11] = [
+    pub const BUILT_IN: [EventType; 12] = [
         EventType::PriceUpdated,
         EventType::OrderCreated,
         EventType::OrderUpdated,
@@ -36,6 +40,7 @@ impl EventType {
         EventType::TradeFailed,
         EventType::UserConnected,
         EventType::UserDisconnected,
+        EventType::SessionRevoked,
         EventType::SystemHealthCheck,
         EventType::SystemError,
     ];
@@ -51,6 +56,7 @@ impl EventType {
             EventType::TradeFailed => "trade.failed",
             EventType::UserConnected => "user.connected",
             EventType::UserDisconnected => "user.disconnected",
+            EventType::SessionRevoked => "session.revoked",
             EventType::SystemHealthCheck => "system.health_check",
             EventType::SystemError => "system.error",
             EventType::Custom(name) => name,
@@ -83,13 +89,15 @@ impl EventType {
             EventType::PortfolioUpdated => Restricted,
             EventType::UserConnected
             | EventType::UserDisconnected
+            | EventType::SessionRevoked
             | EventType::SystemHealthCheck
             | EventType::SystemError => Internal,
             EventType::Custom(_) => return None,
         })
     }
 
-    /// Events that belong to one user (orders, portfolio, trades, presence).
+    /// Events that belong to one user (orders, portfolio, trades, presence,
+    /// revocation): keyed by userId, so they stay in the user's order.
     pub fn is_user_scoped(&self) -> bool {
         matches!(
             self,
@@ -101,6 +109,7 @@ impl EventType {
                 | EventType::TradeFailed
                 | EventType::UserConnected
                 | EventType::UserDisconnected
+                | EventType::SessionRevoked
         )
     }
 }

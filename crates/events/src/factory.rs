@@ -128,6 +128,7 @@ helpers! {
     create_trade_failed_event(TradeFailed),
     create_user_connected_event(UserConnected),
     create_user_disconnected_event(UserDisconnected),
+    create_session_revoked_event(SessionRevoked),
     create_system_health_check_event(SystemHealthCheck),
     create_system_error_event(SystemError),
 }

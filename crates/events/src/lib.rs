@@ -6,7 +6,7 @@
 //!
 //! * [`EventEnvelope`] / [`EventMetadata`]: the wire shape (camelCase JSON).
 //! * [`EventType`] and [`DataClassification`]: the discriminator and who may see it.
-//! * [`payload`]: typed data for the 11 built-in types.
+//! * [`payload`]: typed data for the 12 built-in types.
 //! * [`EventFactory`]: builds valid events (ids, timestamps, defaults, partition key).
 //! * [`validate`]: checks an event and reports *every* error, each with a JSON path.
 //! * [`decode`]: bytes → event; never panics, whatever the bytes.

@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | `order.*`, `portfolio.updated`, `trade.*` | `userId` | a user's events stay in order |
 //! | `user.connected`, `user.disconnected` | `userId` | a user's presence stays in order |
+//! | `session.revoked` | `userId` | ordered with the user's events |
 //! | `price.updated` | `"prices"` | one ordered price stream |
 //! | `system.*` | `"system"` | one ordered operator stream |
 //! | registered custom types | their [`PartitionRule`] (default: `userId` for owned data, else the type name) | |
@@ -56,6 +57,7 @@ mod tests {
             EventType::TradeFailed,
             EventType::UserConnected,
             EventType::UserDisconnected,
+            EventType::SessionRevoked,
         ] {
             assert_eq!(partition_key(&t, u, &r), "user-1", "{t}");
         }

@@ -1,4 +1,4 @@
-//! Typed `data` for the 11 built-in event types.
+//! Typed `data` for the 12 built-in event types.
 //!
 //! Field names are the seed's camelCase. Amounts are [`Decimal`] strings.
 //! Unknown fields are ignored on decode (forward compatibility: a producer may
@@ -186,6 +186,27 @@ pub struct UserDisconnected {
     pub duration_ms: Option<u64>,
 }
 
+/// `session.revoked`: an operator revoked every session of a user. Every
+/// gateway instance closes the user's connections and refuses the user's
+/// tokens issued at or before `revokedAt` (and tokens without `iat`) for its
+/// revocation window. Internal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionRevoked {
+    pub user_id: String,
+    /// Milliseconds since the epoch: tokens with `iat` at or before it are refused.
+    pub revoked_at: u64,
+    /// Why, in the operator's words (sent to the client in the close frame, cut to fit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Who asked (the admin JWT's `sub`, or `api-key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_by: Option<String>,
+    /// The instance that received the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthStatus {
@@ -240,6 +261,7 @@ pub enum EventData {
     TradeFailed(TradeFailed),
     UserConnected(UserConnected),
     UserDisconnected(UserDisconnected),
+    SessionRevoked(SessionRevoked),
     SystemHealthCheck(SystemHealthCheck),
     SystemError(SystemError),
     Custom(Map<String, Value>),
@@ -297,6 +319,7 @@ payloads! {
     TradeFailed => user,
     UserConnected => user,
     UserDisconnected => user,
+    SessionRevoked => user,
     SystemHealthCheck => none,
     SystemError => none,
 }
@@ -348,6 +371,9 @@ mod field_checks {
                 EventData::UserConnected(u) => t(&u.user_id) && t(&u.connection_id) && t(&u.instance_id),
                 EventData::UserDisconnected(u) => {
                     t(&u.user_id) && t(&u.connection_id) && t(&u.instance_id) && ot(&u.reason)
+                }
+                EventData::SessionRevoked(r) => {
+                    t(&r.user_id) && ot(&r.reason) && ot(&r.revoked_by) && ot(&r.instance_id)
                 }
                 EventData::SystemHealthCheck(h) => t(&h.service),
                 EventData::SystemError(e) => t(&e.service) && t(&e.error_code) && t(&e.message),

@@ -466,6 +466,13 @@ const USER_DISCONNECTED: &[Field] = &[
     opt("reason", Text),
     opt("durationMs", UInt),
 ];
+const SESSION_REVOKED: &[Field] = &[
+    req("userId", Text),
+    req("revokedAt", UInt),
+    opt("reason", Text),
+    opt("revokedBy", Text),
+    opt("instanceId", Text),
+];
 const SYSTEM_HEALTH_CHECK: &[Field] = &[
     req("service", Text),
     req("status", OneOf(HEALTH_STATUSES)),
@@ -492,6 +499,7 @@ fn data_fields(t: &EventType) -> Option<&'static [Field]> {
         EventType::TradeFailed => TRADE_FAILED,
         EventType::UserConnected => USER_CONNECTED,
         EventType::UserDisconnected => USER_DISCONNECTED,
+        EventType::SessionRevoked => SESSION_REVOKED,
         EventType::SystemHealthCheck => SYSTEM_HEALTH_CHECK,
         EventType::SystemError => SYSTEM_ERROR,
         EventType::Custom(_) => return None,

@@ -64,7 +64,7 @@ fn envelope_validator() -> jsonschema::Validator {
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
     data_files.sort();
-    assert_eq!(data_files.len(), 11, "schema/data must hold one schema per built-in type: {data_files:?}");
+    assert_eq!(data_files.len(), 12, "schema/data must hold one schema per built-in type: {data_files:?}");
     for p in &data_files {
         let s = read_json(p);
         let t = p.file_name().unwrap().to_str().unwrap().trim_end_matches(".schema.json");

@@ -48,6 +48,7 @@ pub mod env {
     pub const HTTP_RESERVED_CONNECTIONS: &str = "HTTP_RESERVED_CONNECTIONS";
     pub const HTTP_WRITE_TIMEOUT_MS: &str = "HTTP_WRITE_TIMEOUT_MS";
     pub const WS_WRITE_TIMEOUT_MS: &str = "WS_WRITE_TIMEOUT_MS";
+    pub const REVOCATION_WINDOW_SECS: &str = "REVOCATION_WINDOW_SECS";
 }
 
 /// Defaults of the limits and timeouts at the edges (README: "Limits and
@@ -327,10 +328,20 @@ pub struct WsArgs {
     /// read for this long is disconnected (no close frame can reach it).
     #[arg(long, env = env::WS_WRITE_TIMEOUT_MS, default_value_t = defaults::WS_WRITE_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub write_timeout_ms: u64,
+    /// How long a revocation (`POST /api/sessions/revoke`) refuses the
+    /// user's tokens issued before it, in seconds; also how far back an
+    /// instance reads the main topic for revocations at start-up.
+    #[arg(long, env = env::REVOCATION_WINDOW_SECS, default_value_t = crate::deliver::revocation::DEFAULT_REVOCATION_WINDOW_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_TOKEN_LIFETIME_SECS_LIMIT))]
+    pub revocation_window_secs: u64,
 }
 
 impl WsArgs {
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.write_timeout_ms)
+    }
+
+    pub fn revocation_window(&self) -> Duration {
+        Duration::from_secs(self.revocation_window_secs)
     }
 }

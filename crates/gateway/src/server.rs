@@ -113,6 +113,7 @@ impl Gateway {
             },
             metrics.clone(),
         );
+        hub.set_revocation_window(ws.revocation_window());
         let (default_host, instance) = match &source {
             SourceConfig::Kafka { consumer, .. } => ([0, 0, 0, 0].into(), consumer.instance_id()),
             SourceConfig::Embedded { instance_id } => ([127, 0, 0, 1].into(), instance_id.clone()),
@@ -146,6 +147,17 @@ impl Gateway {
         let mut dead_letter_ring = None;
         let (source_health, publisher) = match source {
             SourceConfig::Kafka { kafka, consumer } if consumer.processing => {
+                // The revocations still in force, before serving anyone.
+                let (brokers, topic, h) = (kafka.brokers.clone(), kafka.main_topic.clone(), hub.clone());
+                let read_back = tokio::task::spawn_blocking(move || crate::source::revocations::read_back(&brokers, &topic, &h));
+                let read_back = tokio::select! {
+                    r = read_back => r?,
+                    _ = shutdown.cancelled() => return Ok(()),
+                };
+                match read_back {
+                    Ok(found) => tracing::info!(records = found.records, revocations = found.revocations, window_secs = ws.revocation_window_secs, "revocations read back"),
+                    Err(e) => tracing::error!("revocations not read back (serving anyway; revoked tokens may be accepted until their revocation arrives): {e:#}"),
+                }
                 let mut topics = vec![kafka.main_topic.clone()];
                 if consumer.legacy_topics {
                     topics.extend(LEGACY_TOPICS.iter().map(|t| t.to_string()));

@@ -238,7 +238,12 @@ async fn every_client_gets_exactly_what_it_is_entitled_to_whatever_the_settings_
 
     // The events: every type, random owners (u4 has no client), random declarations.
     let types: Vec<EventType> =
-        EventType::BUILT_IN.into_iter().chain(CUSTOM.iter().map(|(n, _)| EventType::parse(n))).collect();
+        EventType::BUILT_IN
+            .into_iter()
+            // session.revoked also cuts its user off (tests/revocation.rs): not part of the delivery mix.
+            .filter(|t| *t != EventType::SessionRevoked)
+            .chain(CUSTOM.iter().map(|(n, _)| EventType::parse(n)))
+            .collect();
     let users = ["u0", "u1", "u2", "u3", "u4"];
     let mut events = Vec::with_capacity(EVENTS);
     for n in 0..EVENTS {

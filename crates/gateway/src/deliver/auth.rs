@@ -1,7 +1,8 @@
 //! Client authentication: HS256 JWTs signed with `JWT_SECRET`. `sub` is the
 //! user id (not blank), `roles` an array of strings (`admin` opens `system`),
 //! `exp` is required and at most `JWT_MAX_LIFETIME_SECS` ahead (so
-//! `expiresAt` always fits a JavaScript number), `nbf` is honoured, and a
+//! `expiresAt` always fits a JavaScript number), `nbf` is honoured, `iat`
+//! (optional, seconds) is kept for revocation (see `revocation`), and a
 //! token with a `crit` header is refused (we implement no extension).
 //! Tokens are never logged; a refusal tells the client one of our own
 //! sentences ([`AuthError`]) and logs the library's detail at debug level.
@@ -29,6 +30,18 @@ pub struct Claims {
     pub exp: u64,
 }
 
+/// The claims we read when verifying (`Claims` plus the optional `iat`,
+/// which signing with [`sign`] leaves out).
+#[derive(Deserialize)]
+struct VerifiedClaims {
+    sub: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    exp: u64,
+    #[serde(default)]
+    iat: Option<u64>,
+}
+
 /// An authenticated client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -36,6 +49,9 @@ pub struct Identity {
     pub admin: bool,
     /// Milliseconds since the epoch after which private events stop.
     pub expires_at_ms: u64,
+    /// The token's `iat` (seconds since the epoch), when it has one: a
+    /// revocation refuses tokens issued at or before it.
+    pub issued_at_secs: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -92,7 +108,7 @@ impl Authenticator {
             tracing::debug!("token refused: crit header");
             return Err(AuthError::CriticalHeader);
         }
-        let data = decode::<Claims>(token, key, &self.validation).map_err(|e| {
+        let data = decode::<VerifiedClaims>(token, key, &self.validation).map_err(|e| {
             // The detail (never the token) goes to the log only.
             tracing::debug!(error = ?e.kind(), "token refused");
             match e.kind() {
@@ -116,7 +132,12 @@ impl Authenticator {
             tracing::debug!(exp = c.exp, max_lifetime_secs = self.max_lifetime_secs, "token refused: exp too far ahead");
             return Err(AuthError::LifetimeTooLong);
         }
-        Ok(Identity { admin: c.roles.iter().any(|r| r == ADMIN_ROLE), user_id: c.sub, expires_at_ms: c.exp.saturating_mul(1000).min(JS_MAX_SAFE_INTEGER) })
+        Ok(Identity {
+            admin: c.roles.iter().any(|r| r == ADMIN_ROLE),
+            user_id: c.sub,
+            expires_at_ms: c.exp.saturating_mul(1000).min(JS_MAX_SAFE_INTEGER),
+            issued_at_secs: c.iat,
+        })
     }
 }
 

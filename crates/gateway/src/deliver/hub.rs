@@ -16,8 +16,14 @@
 //! `max_connections_per_user` connections, and presence is reported per
 //! user, not per connection: `Connected` when a user's first connection is
 //! authenticated, `Disconnected` when their last one ends.
+//!
+//! Revocation (`revoke_user`) is decided under the same lock as
+//! authentication (`set_identity`): once a revocation is recorded, no token
+//! it covers can join, and every connection it covers is cut off (close
+//! 4001, see `session::Disconnect::REVOKED`) and gets no further frame.
 
 use super::auth::Identity;
+use super::revocation::Revocations;
 use super::{Audience, Channel};
 use crate::pipeline::router::Route;
 use crate::telemetry::Metrics;
@@ -77,9 +83,27 @@ struct Conn {
     identity: Option<Identity>,
     channels: [bool; 5],
     kill: CancellationToken,
-    /// Set with `kill`: checked on every publish, and an atomic load is
-    /// cheaper than asking the token (which takes a lock).
+    /// Set with `kill` (or `revoke`): checked on every publish, and an
+    /// atomic load is cheaper than asking the token (which takes a lock).
     killed: AtomicBool,
+    /// Cancelled when the connection's session is revoked.
+    revoke: CancellationToken,
+    /// When it was registered (ms since the epoch), for the connections listing.
+    connected_at_ms: u64,
+    /// The client's address, when known.
+    remote: Option<std::net::SocketAddr>,
+}
+
+/// One live connection, as `GET /api/connections` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionInfo {
+    pub connection_id: ConnId,
+    pub user_id: Option<String>,
+    pub admin: bool,
+    pub connected_at: u64,
+    pub subscriptions: Vec<Channel>,
+    pub remote_address: Option<String>,
 }
 
 #[derive(Default)]
@@ -98,6 +122,8 @@ struct State {
     /// The latest price frame per token and chain (turned into a snapshot
     /// frame when someone subscribes).
     latest_prices: BTreeMap<String, BTreeMap<u64, Outbound>>,
+    /// Users whose sessions were revoked, within the revocation window.
+    revocations: Revocations,
 }
 
 /// A user's connections, and since when the user has had one.
@@ -126,6 +152,8 @@ pub enum HubError {
     TooManyConnections,
     #[error("this user has too many connections open (WS_MAX_CONNECTIONS_PER_USER)")]
     TooManyConnectionsForUser,
+    #[error("this session was revoked: sign in again to get a new token")]
+    Revoked,
 }
 
 /// What a new connection gets from the hub.
@@ -134,6 +162,8 @@ pub struct Registration {
     pub queue: mpsc::Receiver<Outbound>,
     /// Cancelled when the hub cuts the connection off (slow consumer).
     pub kill: CancellationToken,
+    /// Cancelled when the user's session is revoked.
+    pub revoked: CancellationToken,
 }
 
 impl Hub {
@@ -171,6 +201,11 @@ impl Hub {
     }
 
     pub fn register(&self) -> Result<Registration, HubError> {
+        self.register_from(None)
+    }
+
+    /// Registers a connection from `remote` (listed by `connections_of`).
+    pub fn register_from(&self, remote: Option<std::net::SocketAddr>) -> Result<Registration, HubError> {
         let mut st = self.state();
         if st.conns.len() >= self.inner.settings.max_connections {
             return Err(HubError::TooManyConnections);
@@ -178,6 +213,7 @@ impl Hub {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, queue) = mpsc::channel(self.inner.settings.queue_capacity);
         let kill = CancellationToken::new();
+        let revoked = CancellationToken::new();
         st.conns.insert(
             id,
             Conn {
@@ -186,10 +222,13 @@ impl Hub {
                 channels: [false; 5],
                 kill: kill.clone(),
                 killed: AtomicBool::new(false),
+                revoke: revoked.clone(),
+                connected_at_ms: moonx_events::validate::now_ms(),
+                remote,
             },
         );
         self.inner.metrics.connections.set(st.conns.len() as i64);
-        Ok(Registration { id, queue, kill })
+        Ok(Registration { id, queue, kill, revoked })
     }
 
     pub fn unregister(&self, id: ConnId, reason: &str) {
@@ -227,6 +266,11 @@ impl Hub {
         {
             let mut st = self.state();
             let st = &mut *st;
+            if let Some(n) = &identity
+                && st.revocations.refuses(n, moonx_events::validate::now_ms())
+            {
+                return Err(HubError::Revoked);
+            }
             let Some(conn) = st.conns.get_mut(&id) else { return Ok(dropped) };
             let same_user = conn.identity.as_ref().map(|o| &o.user_id) == identity.as_ref().map(|n| &n.user_id);
             if let (false, Some(n)) = (same_user, &identity)
@@ -337,6 +381,68 @@ impl Hub {
 
     pub fn is_subscribed(&self, id: ConnId, channel: Channel) -> bool {
         self.state().conns.get(&id).is_some_and(|c| c.channels[channel.index()])
+    }
+
+    /// Sets how long a revocation lasts (at start-up, before any revocation).
+    pub fn set_revocation_window(&self, window: std::time::Duration) {
+        self.state().revocations = Revocations::new(window);
+    }
+
+    pub fn revocation_window(&self) -> std::time::Duration {
+        self.state().revocations.window()
+    }
+
+    /// Revokes `user_id`'s sessions as of `at_ms` (ms since the epoch):
+    /// remembers it for the revocation window and cuts off every connection
+    /// of the user whose token it covers. Returns how many were cut off.
+    /// Applying the same revocation again cuts off nothing more.
+    pub fn revoke_user(&self, user_id: &str, at_ms: u64) -> usize {
+        let now_ms = moonx_events::validate::now_ms();
+        let mut st = self.state();
+        let st = &mut *st;
+        if !st.revocations.revoke(user_id, at_ms, now_ms) {
+            return 0;
+        }
+        let Some(user) = st.users.get(user_id) else { return 0 };
+        let mut cut = 0;
+        for id in &user.conns {
+            let Some(conn) = st.conns.get(id) else { continue };
+            let covered = conn.identity.as_ref().is_some_and(|i| st.revocations.refuses(i, now_ms));
+            if covered && !conn.revoke.is_cancelled() {
+                conn.killed.store(true, Ordering::Relaxed);
+                conn.revoke.cancel();
+                cut += 1;
+            }
+        }
+        cut
+    }
+
+    /// Whether a revocation of `user_id` is in force.
+    pub fn is_revoked(&self, user_id: &str) -> bool {
+        self.state().revocations.revoked_at(user_id, moonx_events::validate::now_ms()).is_some()
+    }
+
+    /// The live connections authenticated as `user_id`, oldest first.
+    pub fn connections_of(&self, user_id: &str) -> Vec<ConnectionInfo> {
+        let st = self.state();
+        let mut list: Vec<ConnectionInfo> = st
+            .users
+            .get(user_id)
+            .into_iter()
+            .flat_map(|u| u.conns.iter())
+            .filter_map(|id| st.conns.get(id).map(|c| (id, c)))
+            .filter(|(_, c)| !c.revoke.is_cancelled())
+            .map(|(id, c)| ConnectionInfo {
+                connection_id: *id,
+                user_id: c.identity.as_ref().map(|i| i.user_id.clone()),
+                admin: c.identity.as_ref().is_some_and(|i| i.admin),
+                connected_at: c.connected_at_ms,
+                subscriptions: Channel::ALL.into_iter().filter(|ch| c.channels[ch.index()]).collect(),
+                remote_address: c.remote.map(|a| a.to_string()),
+            })
+            .collect();
+        list.sort_by_key(|c| (c.connected_at, c.connection_id));
+        list
     }
 
     /// Delivers one routed event to every entitled subscriber.
@@ -556,7 +662,7 @@ mod tests {
 
     fn identity(user: &str, admin: bool, ttl_ms: i64) -> Option<Identity> {
         let expires_at_ms = (moonx_events::validate::now_ms() as i64 + ttl_ms) as u64;
-        Some(Identity { user_id: user.into(), admin, expires_at_ms })
+        Some(Identity { user_id: user.into(), admin, expires_at_ms, issued_at_secs: None })
     }
 
     /// The event ids queued for a connection so far.
@@ -678,5 +784,33 @@ mod tests {
         assert_eq!(p.len(), 2, "{p:?}");
         assert!(matches!(&p[1], Presence::Disconnected { user_id, reason, .. } if user_id == "alice" && reason == "client closed"));
         assert!(hub.state().users.is_empty());
+    }
+
+    #[test]
+    fn a_revocation_cuts_off_the_tokens_it_covers_and_refuses_them_afterwards() {
+        let hub = hub();
+        let now_secs = moonx_events::validate::now_ms() / 1000;
+        let with_iat = |iat: Option<u64>| identity("mallory", false, 60_000).map(|i| Identity { issued_at_secs: iat, ..i });
+        let old = hub.register().unwrap();
+        let fresh = hub.register().unwrap();
+        let other = hub.register().unwrap();
+        hub.set_identity(old.id, with_iat(Some(now_secs - 10))).unwrap();
+        hub.set_identity(fresh.id, with_iat(Some(now_secs + 5))).unwrap();
+        hub.set_identity(other.id, identity("bob", false, 60_000)).unwrap();
+        hub.subscribe(old.id, Channel::Orders, None);
+        let at = moonx_events::validate::now_ms();
+        assert_eq!(hub.revoke_user("mallory", at), 1, "only the token issued before");
+        assert!(old.revoked.is_cancelled() && !fresh.revoked.is_cancelled() && !other.revoked.is_cancelled());
+        assert_eq!(hub.revoke_user("mallory", at), 0, "applying it again cuts off nothing more");
+        let mut old = old;
+        publish(&hub, Channel::Orders, Audience::User("mallory".into()), &order("mallory"));
+        assert_eq!(received(&mut old), vec![], "no frame after the revocation");
+        assert_eq!(hub.connections_of("mallory").len(), 1, "the listing shows the live one only");
+        hub.unregister(old.id, "session revoked");
+        let late = hub.register().unwrap();
+        assert_eq!(hub.set_identity(late.id, with_iat(None)), Err(HubError::Revoked), "no iat: refused");
+        assert_eq!(hub.set_identity(late.id, with_iat(Some(now_secs - 1))), Err(HubError::Revoked));
+        assert!(hub.set_identity(late.id, with_iat(Some(now_secs + 5))).is_ok(), "issued after");
+        assert!(hub.is_revoked("mallory") && !hub.is_revoked("bob"));
     }
 }

@@ -1,11 +1,12 @@
 //! The WebSocket side: protocol v1 (`protocol`), authentication (`auth`),
 //! the fan-out hub that decides who receives what (`hub`), and one task per
-//! connection (`session`).
+//! connection (`session`); who had their sessions revoked (`revocation`).
 
 pub mod auth;
 pub mod dedup;
 pub mod hub;
 pub mod protocol;
+pub mod revocation;
 pub mod session;
 
 pub use hub::{Hub, HubSettings};

@@ -55,6 +55,9 @@ pub mod close_code {
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// The client could not keep up (same code as Centrifugo's "slow").
     pub const SLOW_CONSUMER: u16 = 3008;
+    /// An operator revoked the user's sessions (private range 4000-4999):
+    /// reconnecting with the same token is refused, a new token works.
+    pub const SESSION_REVOKED: u16 = 4001;
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -12,7 +12,9 @@
 //! (when one can be), the reason, and the `disconnects_total` label.
 //! A frame the WebSocket layer refuses gets its RFC 6455 close code (1009
 //! too big, 1002 protocol error, 1007 invalid UTF-8); a slow consumer gets
-//! the `slow_consumer` error frame and 3008; shutdown 1001 (going away).
+//! the `slow_consumer` error frame and 3008; shutdown 1001 (going away); a
+//! revoked session 4001 ("session revoked"), and a token a revocation
+//! covers is refused (`unauthorized`, the connection stays open).
 use super::auth::{Authenticator, Identity};
 use super::dedup::RecentIds;
 use super::hub::{ConnId, Hub, Outbound};
@@ -56,6 +58,8 @@ impl Disconnect {
     pub const MESSAGE_TOO_BIG: Disconnect = Disconnect { code: Some(close_code::MESSAGE_TOO_BIG), reason: "frame too large", label: "message_too_big" };
     /// Reserved opcode or bits, unmasked client frame, bad continuation, …
     pub const PROTOCOL_ERROR: Disconnect = Disconnect { code: Some(PROTOCOL_ERROR_CODE), reason: "WebSocket protocol error", label: "protocol_error" };
+    /// An operator revoked the user's sessions (`POST /api/sessions/revoke`).
+    pub const REVOKED: Disconnect = Disconnect { code: Some(close_code::SESSION_REVOKED), reason: "session revoked", label: "revoked" };
     pub const INVALID_UTF8: Disconnect = Disconnect { code: Some(INVALID_PAYLOAD_CODE), reason: "text frame is not valid UTF-8", label: "invalid_utf8" };
 
     /// What a failed read means. axum hides the WebSocket library's error
@@ -207,7 +211,20 @@ pub async fn run(
     initial_token: Option<String>,
     shutdown: CancellationToken,
 ) {
-    let reg = match hub.register() {
+    run_from(socket, hub, auth, limits, initial_token, shutdown, None).await
+}
+
+/// [`run`] for a client at `remote` (listed by `GET /api/connections`).
+pub async fn run_from(
+    socket: WebSocket,
+    hub: Hub,
+    auth: Authenticator,
+    limits: Limits,
+    initial_token: Option<String>,
+    shutdown: CancellationToken,
+    remote: Option<std::net::SocketAddr>,
+) {
+    let reg = match hub.register_from(remote) {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!("WebSocket refused after upgrade: {e}");
@@ -237,6 +254,7 @@ pub async fn run(
     let (mut sink, mut stream) = socket.split();
     let mut queue = reg.queue;
     let kill = reg.kill;
+    let revoked = reg.revoked;
 
     let mut ended: Option<Disconnect> = None;
     if let Some(token) = initial_token {
@@ -259,6 +277,7 @@ pub async fn run(
                 // Condemned: no further event frame is written; the error
                 // frame and the close get a write timeout of their own.
                 _ = kill.cancelled() => break Disconnect::SLOW_CONSUMER,
+                _ = revoked.cancelled() => break Disconnect::REVOKED,
                 _ = sleep_until_ms(expiry) => {
                     session.expire();
                     let msg = protocol::error(ErrorCode::Unauthorized, "your token expired: private subscriptions ended, public ones continue", &None);
@@ -271,6 +290,7 @@ pub async fn run(
                         // Stop mid-batch: tungstenite keeps a partly written
                         // frame buffered, so the frames that follow stay whole.
                         _ = kill.cancelled() => Ok(()),
+                        _ = revoked.cancelled() => Ok(()),
                     };
                     if let Err(f) = written { break f.into(); }
                 }
@@ -452,6 +472,9 @@ impl Session {
         match self.auth.verify(token) {
             Ok(identity) => {
                 if let Err(e) = self.hub.set_identity(self.id, Some(identity.clone())) {
+                    if e == super::hub::HubError::Revoked {
+                        return Err(ProtocolError::new(ErrorCode::Unauthorized, e.to_string(), id.clone()));
+                    }
                     // Beyond the user's connection limit: refused, then closed.
                     self.close_after_reply = Some(Disconnect::USER_CONNECTION_LIMIT);
                     return Err(ProtocolError::new(ErrorCode::LimitExceeded, e.to_string(), id.clone()));

@@ -3,13 +3,15 @@
 //! dashboard (`GET /`, fed by `GET /api/stats`), all on one port, served by
 //! our own accept loop (`serve`: slots, reserve, header timeout).
 //! Credentials are read one way everywhere (`credentials`); the operator
-//! endpoint `GET /api/dead-letters` needs an admin JWT or an admin key.
+//! endpoints `GET /api/dead-letters`, `POST /api/sessions/revoke` and
+//! `GET /api/connections` (`sessions`) need an admin JWT or an admin key.
 //! An upgrade with a non-ASCII or repeated `Origin` is refused like a
 //! foreign one, and malformed upgrades are answered in our words.
 
 pub mod credentials;
 pub mod publish;
 pub mod serve;
+pub mod sessions;
 
 use crate::deliver::auth::Authenticator;
 use crate::deliver::session::{self, Limits};
@@ -77,6 +79,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/events", post(publish::publish))
         .route("/api/stats", get(stats))
         .route("/api/dead-letters", get(dead_letters))
+        .route("/api/sessions/revoke", post(sessions::revoke))
+        .route("/api/connections", get(sessions::connections))
         .with_state(state)
 }
 
@@ -122,19 +126,8 @@ async fn stats(State(app): State<AppState>) -> Response {
 /// The embedded bus's most recent dead letters (newest last). They hold
 /// whole payloads (user ids, orders): an admin credential is required.
 async fn dead_letters(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    match admin_access(&app, &headers) {
-        AdminAccess::Granted => {}
-        AdminAccess::Missing => {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                Json(json!({"error": "an admin credential is required: Authorization: Bearer <admin JWT or ADMIN_API_KEYS key>, or X-API-Key"})),
-            )
-                .into_response();
-        }
-        AdminAccess::Forbidden => {
-            return (StatusCode::FORBIDDEN, Json(json!({"error": "this endpoint needs the admin role"}))).into_response();
-        }
+    if let Some(refused) = refuse_non_admin(&app, &headers) {
+        return refused;
     }
     match &app.dead_letters {
         Some(letters) => {
@@ -151,6 +144,20 @@ enum AdminAccess {
     Missing,
     /// A valid JWT without the admin role.
     Forbidden,
+}
+
+/// The answer to a request without admin access (401 or 403); `None` when granted.
+fn refuse_non_admin(app: &AppState, headers: &HeaderMap) -> Option<Response> {
+    match admin_access(app, headers) {
+        AdminAccess::Granted => None,
+        AdminAccess::Missing => Some((
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({"error": "an admin credential is required: Authorization: Bearer <admin JWT or ADMIN_API_KEYS key>, or X-API-Key"})),
+        )
+            .into_response()),
+        AdminAccess::Forbidden => Some((StatusCode::FORBIDDEN, Json(json!({"error": "this endpoint needs the admin role"}))).into_response()),
+    }
 }
 
 /// An admin API key (`X-API-Key` or Bearer), or a Bearer JWT with the
@@ -219,7 +226,9 @@ async fn websocket(
     State(app): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
 ) -> Response {
+    let remote = peer.map(|axum::Extension(axum::extract::ConnectInfo(addr))| addr);
     // Our words, not axum's: the rejection's detail goes to the log.
     let ws = match ws {
         Ok(ws) => ws,
@@ -263,7 +272,7 @@ async fn websocket(
         .max_write_buffer_size(MAX_OUTBOUND_FRAME_BYTES)
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
-        .on_upgrade(move |socket| session::run(socket, app.hub, app.auth, app.limits, token, app.shutdown))
+        .on_upgrade(move |socket| session::run_from(socket, app.hub, app.auth, app.limits, token, app.shutdown, remote))
 }
 
 /// The write buffer's cap must hold the largest frame we send whole (a frame

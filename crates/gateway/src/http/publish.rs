@@ -239,8 +239,14 @@ fn build(app: &AppState, item: Value) -> Result<(Event, bool), Value> {
 }
 
 /// Refuses an event nobody may see (the pipeline would dead-letter it as
-/// `no_audience`): a client error, answered before anything is published.
+/// `no_audience`), and `session.revoked` (admins revoke through their own
+/// endpoint): client errors, answered before anything is published.
 fn audience_check(app: &AppState, event: Event) -> Result<Event, Value> {
+    // A publish key must not be a way to revoke anyone's sessions.
+    if event.metadata.event_type == EventType::SessionRevoked {
+        return Err(json!([{"path": "/metadata/eventType", "code": "admin_only",
+            "message": "session.revoked is published by POST /api/sessions/revoke, with an admin credential"}]));
+    }
     match crate::pipeline::router::check_audience(&event, &app.registry) {
         Ok(()) => Ok(event),
         Err(e) => Err(json!([{"path": "/metadata/userId", "code": "no_audience", "message": e.to_string()}])),

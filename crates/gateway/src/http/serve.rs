@@ -206,10 +206,10 @@ pub async fn serve(
     let http = builder(settings.header_timeout);
     let http_reserve = builder(settings.header_timeout.min(RESERVE_HEADER_TIMEOUT));
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!("accept failed (open-file limit?): {e}");
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
@@ -238,7 +238,7 @@ pub async fn serve(
             metrics.http_write_timeouts.clone(),
         );
         let (router, http) = if kind == Slot::Main { (app.clone(), http.clone()) } else { (ops.clone(), http_reserve.clone()) };
-        tokio::spawn(serve_connection(io, router, kind, http, metrics.clone(), shutdown.clone()));
+        tokio::spawn(serve_connection(io, peer, router, kind, http, metrics.clone(), shutdown.clone()));
     }
     drop(listener);
     // Every socket returns its slot when dropped: wait for all of them.
@@ -248,6 +248,7 @@ pub async fn serve(
 
 async fn serve_connection(
     io: SlottedStream,
+    peer: std::net::SocketAddr,
     router: Router,
     kind: Slot,
     http: Arc<hyper::server::conn::http1::Builder>,
@@ -255,7 +256,9 @@ async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let upgraded = io.upgraded.clone();
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        // The client's address, for the connections listing.
+        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
         let upgrade = req.headers().contains_key(header::UPGRADE);
         let router = router.clone();
         let upgraded = upgraded.clone();

@@ -4,6 +4,11 @@
 //!
 //! The pipeline is the same whatever the source (Kafka or the embedded bus):
 //! there is no second code path for any stage.
+//!
+//! A `session.revoked` event is also applied here, on every instance: the
+//! user's connections its time covers are closed and the revocation is
+//! remembered for the window (`Hub::revoke_user`), before it is routed to
+//! the operators like any internal event.
 
 pub mod audit;
 pub mod dead_letter;
@@ -192,6 +197,10 @@ impl Pipeline {
     }
 
     async fn route(&self, record: &Record<'_>, event: &Event, original: bool) -> Outcome {
+        if let moonx_events::EventData::SessionRevoked(r) = &event.data {
+            let closed = self.hub.revoke_user(&r.user_id, r.revoked_at);
+            tracing::info!(user = %r.user_id, revokedAt = r.revoked_at, closed, eventId = %event.metadata.event_id, "session.revoked applied");
+        }
         if !self.router.has_handler(&event.metadata.event_type) {
             return Outcome::Failed(
                 Failure::new(FailureReason::NoHandler, format!("no handler for {}", event.metadata.event_type)).for_event(event),

@@ -59,7 +59,7 @@ impl Default for Router {
 }
 
 impl Router {
-    /// A router with a handler for each of the 11 built-in types.
+    /// A router with a handler for each of the 12 built-in types.
     pub fn with_built_in_handlers() -> Self {
         let mut handlers = HashMap::new();
         for t in EventType::BUILT_IN {
@@ -112,6 +112,7 @@ pub fn built_in_channel(t: &EventType) -> Option<Channel> {
         EventType::TradeExecuted | EventType::TradeFailed => Channel::Trades,
         EventType::UserConnected
         | EventType::UserDisconnected
+        | EventType::SessionRevoked
         | EventType::SystemHealthCheck
         | EventType::SystemError => Channel::System,
         EventType::Custom(_) => return None,
