@@ -101,12 +101,14 @@ impl Gateway {
 
     /// Runs until `shutdown` fires; `on_ready` is called once listening.
     pub async fn run_with(self, shutdown: CancellationToken, on_ready: impl FnOnce(Running)) -> anyhow::Result<()> {
-        let GatewayConfig { source, common: CommonArgs { pipeline: pipeline_args, http, ws, publish } } = self.config;
+        let GatewayConfig { source, common: CommonArgs { pipeline: pipeline_args, http, ws, publish, resume } } = self.config;
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(
             HubSettings { queue_capacity: ws.queue_capacity as usize, max_connections: ws.max_connections },
             metrics.clone(),
         );
+        let resume_settings = resume.settings();
+        hub.set_resume_settings(resume_settings.clone());
         let (default_host, instance) = match &source {
             SourceConfig::Kafka { consumer, .. } => ([0, 0, 0, 0].into(), consumer.instance_id()),
             SourceConfig::Embedded { instance_id } => ([127, 0, 0, 1].into(), instance_id.clone()),
@@ -133,7 +135,15 @@ impl Gateway {
         let mut dead_letter_ring = None;
         let (source_health, publisher) = match source {
             SourceConfig::Kafka { kafka, consumer } if consumer.processing => {
-                let status = Arc::new(ConsumerStatus::default());
+                // The consumer declares each topic's partition count (the generation of positions).
+                let status = Arc::new(ConsumerStatus { streams: hub.resume_streams(), ..ConsumerStatus::default() });
+                hub.set_history(Arc::new(crate::source::kafka_history::KafkaHistory::new(
+                    &kafka.brokers,
+                    pipeline.clone(),
+                    resume_settings.max_readers,
+                    resume_settings.timeout,
+                    hub.resume_metrics().clone(),
+                )));
                 let mut topics = vec![kafka.main_topic.clone()];
                 if consumer.legacy_topics {
                     topics.extend(LEGACY_TOPICS.iter().map(|t| t.to_string()));
@@ -164,6 +174,8 @@ impl Gateway {
             }
             SourceConfig::Embedded { .. } => {
                 let (bus, records) = EmbeddedBus::new(MAIN_TOPIC, 10_000);
+                // Positions of this process's bus: a restarted dev server is another stream.
+                hub.resume_streams().set(MAIN_TOPIC, crate::deliver::resume::Generation::Epoch(rand_epoch()));
                 let ring = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
                 dead_letter_ring = Some(ring.clone());
                 let dead_letters = DeadLetterWriter::Memory { letters: ring, capacity: 1000 };
@@ -273,4 +285,9 @@ fn spawn_presence_publisher(hub: &Hub, publisher: Publisher, instance: &str, shu
             }
         }
     });
+}
+
+/// The embedded bus's epoch: random, so two runs never share one.
+fn rand_epoch() -> u64 {
+    uuid::Uuid::new_v4().as_u64_pair().0
 }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod dedup;
 pub mod hub;
 pub mod protocol;
+pub mod resume;
 pub mod session;
 
 pub use hub::{Hub, HubSettings};

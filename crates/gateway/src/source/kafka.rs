@@ -55,6 +55,8 @@ pub struct ConsumerStatus {
     pub assigned_partitions: AtomicI64,
     pub last_error: Mutex<Option<String>>,
     pub dlq: DlqHealth,
+    /// resume: where each assignment declares its topics' partition counts.
+    pub streams: Arc<crate::deliver::resume::Streams>,
 }
 
 pub struct GatewayContext {
@@ -106,6 +108,17 @@ impl ConsumerContext for GatewayContext {
         self.metrics.consumer_assigned_partitions.set(assigned);
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(partitions = tpl.count(), "partitions assigned");
+        }
+        // resume: every instance is assigned every partition (its own group),
+        // so the assignment gives each topic's partition count.
+        if let Ok(assignment) = consumer.assignment() {
+            let mut counts: std::collections::HashMap<String, i32> = std::collections::HashMap::new();
+            for e in assignment.elements() {
+                *counts.entry(e.topic().to_owned()).or_default() += 1;
+            }
+            for (topic, n) in counts {
+                self.status.streams.set(&topic, crate::deliver::resume::Generation::Partitions(n));
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod embedded;
 pub mod kafka;
+pub mod kafka_history;
 pub mod publish;
 
 /// One record as the pipeline sees it, borrowed from the source's buffer.
