@@ -223,8 +223,8 @@ mod tests {
     fn parses_the_seed_shape_and_echoes_ids() {
         let m = parse(r#"{"type":"subscribe","channel":"prices","id":7}"#).unwrap();
         assert_eq!(m.request, Request::Subscribe { channel: "prices".into(), tokens: None, since: None });
-        let m = parse(r#"{"type":"subscribe","channel":"orders","since":"1.x.0.1.p6"}"#).unwrap();
-        assert_eq!(m.request, Request::Subscribe { channel: "orders".into(), tokens: None, since: Some("1.x.0.1.p6".into()) });
+        let r = parse(r#"{"type":"subscribe","channel":"orders","since":"1.x.0.1.p6"}"#).unwrap();
+        assert_eq!(r.request, Request::Subscribe { channel: "orders".into(), tokens: None, since: Some("1.x.0.1.p6".into()) });
         assert_eq!(parse(r#"{"type":"subscribe","channel":"orders","since":7}"#).unwrap_err().code, ErrorCode::BadRequest);
         assert_eq!(pong(&m.id), r#"{"id":7,"type":"pong"}"#);
     }
