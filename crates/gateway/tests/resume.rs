@@ -108,19 +108,31 @@ async fn gapless(first: &Gateway, resumer: &Gateway, topic: &str, user: &str, be
     let p = producer();
     let pos = first_position(first, &p, topic, user).await;
     between().await;
-    let missed = produce_orders(&p, topic, user, 1..501).await;
     produce_orders(&p, topic, &format!("{user}-other"), 0..200).await;
     produce_prices(&p, topic, 50).await;
+    // The user's events last: the live boundary is the last missed event itself.
+    let missed = produce_orders(&p, topic, user, 1..501).await;
     resumer.wait_healthy().await;
     routed_all(resumer, &missed).await;
 
     let mut c = Client::authed(&resumer.ws_url(), user, &[]).await;
-    // The live stream keeps flowing while the client resumes: the seam is exercised.
+    // The live stream keeps flowing (one event per 5 ms) while the client
+    // resumes, so live events reach the connection during its replay.
+    let (flowing, started) = tokio::sync::oneshot::channel();
     let live = tokio::spawn({
-        let topic = topic.to_owned();
-        let user = user.to_owned();
-        async move { produce_orders(&producer(), &topic, &user, 501..601).await }
+        let (p, topic, user) = (p.clone(), topic.to_owned(), user.to_owned());
+        async move {
+            let mut flowing = Some(flowing);
+            for n in 501..601 {
+                produce_orders(&p, &topic, &user, n..n + 1).await;
+                if let Some(f) = flowing.take() {
+                    let _ = f.send(());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
     });
+    started.await.unwrap();
     let reply = resume(&mut c, "orders", &pos).await;
     assert_eq!(reply["recovered"], true, "{reply}");
     let n = reply["missed"].as_u64().unwrap();
@@ -133,14 +145,19 @@ async fn gapless(first: &Gateway, resumer: &Gateway, topic: &str, user: &str, be
     reply
 }
 
+/// Settings of the test gateways. Presence events are off: a
+/// `user.connected` record keyed by the user would otherwise be the last
+/// record of its partition, and the seam would never sit on a user's event.
 fn resume_env(extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
-    extra.iter().map(|(k, v)| (*k, v.to_string())).collect()
+    let mut env: Vec<(&'static str, String)> = vec![("WS_PRESENCE_EVENTS", "false".into())];
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    env
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reconnecting_with_since_gets_exactly_the_missed_events_then_live() {
     let topics = create_topics("resume-same").await;
-    let gw = Gateway::start(GatewayConfig::new(&topics));
+    let gw = Gateway::start(GatewayConfig { extra_env: resume_env(&[]), ..GatewayConfig::new(&topics) });
     gw.wait_healthy().await;
     gapless(&gw, &gw, &topics.main, "ana", async || {}).await;
     let m = gw.metrics().await;
@@ -151,8 +168,8 @@ async fn reconnecting_with_since_gets_exactly_the_missed_events_then_live() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_position_from_one_instance_resumes_exactly_on_another() {
     let topics = create_topics("resume-other").await;
-    let a = Gateway::start(GatewayConfig { instance: "a".into(), ..GatewayConfig::new(&topics) });
-    let b = Gateway::start(GatewayConfig { instance: "b".into(), ..GatewayConfig::new(&topics) });
+    let a = Gateway::start(GatewayConfig { instance: "a".into(), extra_env: resume_env(&[]), ..GatewayConfig::new(&topics) });
+    let b = Gateway::start(GatewayConfig { instance: "b".into(), extra_env: resume_env(&[]), ..GatewayConfig::new(&topics) });
     a.wait_healthy().await;
     b.wait_healthy().await;
     gapless(&a, &b, &topics.main, "bo", async || {}).await;
@@ -175,7 +192,7 @@ async fn a_gap_beyond_the_window_is_read_from_kafka() {
 #[tokio::test(flavor = "multi_thread")]
 async fn resume_works_after_the_gateway_was_killed_and_restarted() {
     let topics = create_topics("resume-kill").await;
-    let mut gw = Gateway::start(GatewayConfig::new(&topics));
+    let mut gw = Gateway::start(GatewayConfig { extra_env: resume_env(&[]), ..GatewayConfig::new(&topics) });
     gw.wait_healthy().await;
     let p = producer();
     let pos = first_position(&gw, &p, &topics.main, "dee").await;
@@ -228,7 +245,7 @@ async fn a_position_before_the_log_start_is_not_recovered() {
 #[tokio::test(flavor = "multi_thread")]
 async fn garbage_forged_and_other_users_positions_are_not_recovered() {
     let topics = create_topics("resume-forged").await;
-    let gw = Gateway::start(GatewayConfig::new(&topics));
+    let gw = Gateway::start(GatewayConfig { extra_env: resume_env(&[]), ..GatewayConfig::new(&topics) });
     gw.wait_healthy().await;
     let p = producer();
     let partitions = 6; // the layout of SPEC 4
