@@ -176,6 +176,7 @@ impl Gateway {
                 let (bus, records) = EmbeddedBus::new(MAIN_TOPIC, 10_000);
                 // Positions of this process's bus: a restarted dev server is another stream.
                 hub.resume_streams().set(MAIN_TOPIC, crate::deliver::resume::Generation::Epoch(rand_epoch()));
+                hub.resume_streams().set_start(MAIN_TOPIC, 0, 0);
                 let ring = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
                 dead_letter_ring = Some(ring.clone());
                 let dead_letters = DeadLetterWriter::Memory { letters: ring, capacity: 1000 };

@@ -213,6 +213,25 @@ async fn resume_works_after_the_gateway_was_killed_and_restarted() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_quiet_partition_resumes_after_a_restart() {
+    let topics = create_topics("resume-quiet").await;
+    let mut gw = Gateway::start(GatewayConfig { extra_env: resume_env(&[]), ..GatewayConfig::new(&topics) });
+    gw.wait_healthy().await;
+    let p = producer();
+    let pos = first_position(&gw, &p, &topics.main, "hal").await;
+    assert!(gw.terminate().success()); // commits what it processed
+    gw.restart();
+    gw.wait_healthy().await;
+    // Nothing has been consumed since the restart: the committed offset is the boundary.
+    let mut c = Client::authed(&gw.ws_url(), "hal", &[]).await;
+    let reply = resume(&mut c, "orders", &pos).await;
+    assert_eq!((reply["recovered"].clone(), reply["missed"].clone()), (json!(true), json!(0)), "{reply}");
+    produce_orders(&p, &topics.main, "hal", 1..3).await;
+    assert_eq!(order_numbers(&events(&mut c, 2).await), vec![1, 2]);
+    nothing_more(&mut c).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_position_before_the_log_start_is_not_recovered() {
     use rdkafka::admin::{AdminClient, AdminOptions};
     use rdkafka::client::DefaultClientContext;

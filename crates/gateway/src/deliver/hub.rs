@@ -556,6 +556,9 @@ impl Hub {
         if users_partition != pos.partition {
             return ResumeStart::NotRecovered("other_partition");
         }
+        if let Some(start) = resume.streams.start_of(&pos.topic, pos.partition) {
+            st.windows.begin_at(&pos.topic, pos.partition, start);
+        }
         let Some((live, covered)) = st.windows.boundary(&pos.topic, pos.partition, pos.offset) else {
             return ResumeStart::NotRecovered("unknown_partition");
         };

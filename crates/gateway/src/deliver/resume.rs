@@ -192,11 +192,24 @@ fn murmur2(data: &[u8]) -> u32 {
 #[derive(Debug, Default)]
 pub struct Streams {
     generations: Mutex<HashMap<String, Generation>>,
+    /// Where the source starts reading each partition (the committed
+    /// offset), so that a partition with no record since start-up still has
+    /// a live boundary: everything before it is history, everything from it
+    /// comes live.
+    starts: Mutex<HashMap<(String, i32), i64>>,
 }
 
 impl Streams {
     pub fn set(&self, topic: &str, generation: Generation) {
         self.generations.lock().unwrap_or_else(|p| p.into_inner()).insert(topic.to_owned(), generation);
+    }
+
+    pub fn set_start(&self, topic: &str, partition: i32, next_offset: i64) {
+        self.starts.lock().unwrap_or_else(|p| p.into_inner()).insert((topic.to_owned(), partition), next_offset);
+    }
+
+    pub fn start_of(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.starts.lock().unwrap_or_else(|p| p.into_inner()).get(&(topic.to_owned(), partition)).copied()
     }
 
     pub fn get(&self, topic: &str) -> Option<Generation> {
@@ -284,6 +297,14 @@ impl Windows {
     fn find(&mut self, topic: &str, partition: i32) -> Option<&mut PartitionLog> {
         // Few partitions: a scan is cheaper than allocating a key.
         self.partitions.iter_mut().find(|((t, p), _)| *p == partition && t == topic).map(|(_, l)| l)
+    }
+
+    /// A partition the source starts reading at `next_offset`: nothing
+    /// before it will come live (ignored once a record was seen).
+    pub fn begin_at(&mut self, topic: &str, partition: i32, next_offset: i64) {
+        if self.find(topic, partition).is_none() {
+            self.log(&At { topic, partition, offset: next_offset });
+        }
     }
 
     /// Notes that the record at `at` was processed. Returns whether it is

@@ -119,6 +119,18 @@ impl ConsumerContext for GatewayContext {
             for (topic, n) in counts {
                 self.status.streams.set(&topic, crate::deliver::resume::Generation::Partitions(n));
             }
+            // Where reading starts (the committed offsets): a partition that
+            // stays quiet after a restart still has a live boundary.
+            match consumer.committed_offsets(assignment, std::time::Duration::from_secs(2)) {
+                Ok(committed) => {
+                    for e in committed.elements() {
+                        if let rdkafka::Offset::Offset(next) = e.offset() {
+                            self.status.streams.set_start(e.topic(), e.partition(), next);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("committed offsets unknown (resume on quiet partitions answers recovered:false): {e}"),
+            }
         }
     }
 }
