@@ -42,6 +42,7 @@ pub mod env {
     pub const RESUME_MAX_EVENTS: &str = "RESUME_MAX_EVENTS";
     pub const RESUME_MAX_READERS: &str = "RESUME_MAX_READERS";
     pub const RESUME_TIMEOUT_MS: &str = "RESUME_TIMEOUT_MS";
+    pub const RESUME_MAX_SCAN_RECORDS: &str = "RESUME_MAX_SCAN_RECORDS";
     pub const KAFKA_PARTITIONER: &str = "KAFKA_PARTITIONER";
 }
 
@@ -100,6 +101,10 @@ pub struct ResumeArgs {
     /// Kafka history readers running at once (each serves every resumer of one partition).
     #[arg(long, env = env::RESUME_MAX_READERS, default_value_t = crate::deliver::resume::DEFAULT_MAX_READERS, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub resume_max_readers: u32,
+    /// Records of a partition a resume may scan in Kafka (live boundary minus
+    /// position); an older position is answered `recovered:false` at once.
+    #[arg(long, env = env::RESUME_MAX_SCAN_RECORDS, default_value_t = crate::deliver::resume::DEFAULT_MAX_SCAN_RECORDS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub resume_max_scan_records: u64,
     /// Longest a resume may wait for its history before `recovered:false`.
     #[arg(long, env = env::RESUME_TIMEOUT_MS, default_value_t = crate::deliver::resume::DEFAULT_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(100..))]
     pub resume_timeout_ms: u64,
@@ -116,6 +121,7 @@ impl ResumeArgs {
             window_bytes: self.resume_window_bytes,
             max_events: self.resume_max_events as usize,
             max_readers: self.resume_max_readers as usize,
+            max_scan_records: self.resume_max_scan_records,
             timeout: Duration::from_millis(self.resume_timeout_ms),
             partitioner: crate::deliver::resume::Partitioner::parse(&self.partitioner).unwrap_or_default(),
         }

@@ -232,6 +232,25 @@ async fn a_quiet_partition_resumes_after_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_position_too_far_behind_is_not_recovered_without_reading_kafka() {
+    let topics = create_topics("resume-old").await;
+    let gw = Gateway::start(GatewayConfig {
+        extra_env: resume_env(&[("RESUME_WINDOW_EVENTS", "0"), ("RESUME_MAX_SCAN_RECORDS", "10")]),
+        ..GatewayConfig::new(&topics)
+    });
+    gw.wait_healthy().await;
+    let p = producer();
+    let pos = first_position(&gw, &p, &topics.main, "ivy").await;
+    routed_all(&gw, &produce_orders(&p, &topics.main, "ivy", 1..21).await).await;
+    let mut c = Client::authed(&gw.ws_url(), "ivy", &[]).await;
+    let reply = resume(&mut c, "orders", &pos).await;
+    assert_eq!((reply["recovered"].clone(), reply["missed"].clone()), (json!(false), json!(0)), "{reply}");
+    let m = gw.metrics().await;
+    assert_eq!(metric(&m, "moonx_ws_resume_requests_total", &[("result", "too_old")]), 1.0, "{m}");
+    assert_eq!(metric(&m, "moonx_ws_resume_kafka_reader_passes_total", &[]), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_position_before_the_log_start_is_not_recovered() {
     use rdkafka::admin::{AdminClient, AdminOptions};
     use rdkafka::client::DefaultClientContext;

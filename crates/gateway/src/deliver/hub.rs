@@ -576,6 +576,9 @@ impl Hub {
             }
             return ResumeStart::Recovered { frames, skip_through: -1 };
         }
+        if (live - pos.offset) as u64 > settings.max_scan_records {
+            return ResumeStart::NotRecovered("too_old");
+        }
         let Some(history) = resume.history() else { return ResumeStart::NotRecovered("no_history") };
         let request = super::resume::HistoryRequest {
             topic: pos.topic,

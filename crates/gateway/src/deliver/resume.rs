@@ -33,10 +33,12 @@
 //!
 //! **When the answer is `recovered:false`**: a position that does not parse,
 //! names another topic, generation or epoch, or a partition that the
-//! connection's user is not keyed to; a partition this process has not
-//! processed a record of since it started (it cannot tell what it skipped);
-//! a replay longer than `RESUME_MAX_EVENTS`; a position before the log start
-//! (retention or deleted records); a Kafka read that fails or times out.
+//! connection's user is not keyed to; a partition this process has neither
+//! processed a record of nor knows the committed start of (it cannot tell
+//! what it skipped); a replay longer than `RESUME_MAX_EVENTS`; a position
+//! more than `RESUME_MAX_SCAN_RECORDS` behind the live boundary, or before
+//! the log start (retention or deleted records); a Kafka read that fails or
+//! times out.
 
 use super::hub::Outbound;
 use super::Channel;
@@ -231,6 +233,9 @@ pub const DEFAULT_WINDOW_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_EVENTS: u32 = 5_000;
 /// Default of `RESUME_MAX_READERS`: a third of the partitions of the main topic read at once.
 pub const DEFAULT_MAX_READERS: u32 = 2;
+/// Default of `RESUME_MAX_SCAN_RECORDS`: about what one reader scans in a few seconds, so
+/// one very old position cannot hold a shared pass (and everyone waiting on it) for long.
+pub const DEFAULT_MAX_SCAN_RECORDS: u64 = 500_000;
 /// Default of `RESUME_TIMEOUT_MS`: a resume that takes longer is answered `recovered:false`.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 
@@ -240,6 +245,7 @@ pub struct ResumeSettings {
     pub window_bytes: usize,
     pub max_events: usize,
     pub max_readers: usize,
+    pub max_scan_records: u64,
     pub timeout: Duration,
     pub partitioner: Partitioner,
 }
@@ -251,6 +257,7 @@ impl Default for ResumeSettings {
             window_bytes: DEFAULT_WINDOW_BYTES,
             max_events: DEFAULT_MAX_EVENTS as usize,
             max_readers: DEFAULT_MAX_READERS as usize,
+            max_scan_records: DEFAULT_MAX_SCAN_RECORDS,
             timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
             partitioner: Partitioner::Consistent,
         }
