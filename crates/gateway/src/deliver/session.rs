@@ -46,6 +46,9 @@ impl Default for Limits {
 
 /// Frames written per flush, at most.
 const WRITE_BATCH: usize = 64;
+/// Live frames of a resuming channel held while its history is read; past
+/// this the resume is abandoned (`recovered:false`) and they go out live.
+const MAX_HELD_FRAMES: usize = 4096;
 /// How long a close handshake may take before the socket is just dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -93,8 +96,10 @@ struct Session {
     /// Replayed frames to write right after the reply that announced them.
     replay: Vec<Outbound>,
     /// A resume waiting for the history: its reply and frames come when it
-    /// is read; meanwhile the live queue is held (bounded by its capacity).
+    /// is read; meanwhile the channel's live frames are held in `held`
+    /// (other channels flow on).
     resuming: Option<Resuming>,
+    held: Vec<Outbound>,
     /// Per channel, live frames at or before this offset are ones the
     /// client already has (it resumed from a position this instance had not reached).
     skip_through: [i64; 5],
@@ -145,6 +150,7 @@ pub async fn run(
         pending_subscription: None,
         replay: Vec::new(),
         resuming: None,
+        held: Vec::new(),
         skip_through: [-1; 5],
     };
     let (mut sink, mut stream) = socket.split();
@@ -174,10 +180,11 @@ pub async fn run(
             read = async { (&mut session.resuming.as_mut().expect("guarded").read).await }, if session.resuming.is_some() => {
                 let reply = session.resumed(read);
                 if sink.send(text(reply)).await.is_err() { break Exit::ClientClosed; }
-                let frames = std::mem::take(&mut session.replay);
+                let mut frames = std::mem::take(&mut session.replay);
+                frames.append(&mut session.held); // the replay, then the live frames held meanwhile
                 if session.write_frames(&mut sink, frames).await.is_err() { break Exit::ClientClosed; }
             }
-            first = queue.recv(), if session.resuming.is_none() => {
+            first = queue.recv() => {
                 let Some(first) = first else { break Exit::Close(close_code::GOING_AWAY, "closed by the server") };
                 let written = tokio::select! {
                     r = session.write_batch(&mut sink, first, &mut queue) => r,
@@ -248,7 +255,24 @@ impl Session {
         // One clock read per batch: the frames of a batch are written together.
         let now_ms = moonx_events::validate::now_ms();
         while let Some(out) = pending.take() {
-            if out.offset >= 0 && out.offset <= self.skip_through[out.channel as usize] {
+            if let Some(r) = self.resuming.as_ref().filter(|r| r.channel == out.channel) {
+                // resume: live frames of the channel wait for its replay.
+                if self.held.len() < MAX_HELD_FRAMES {
+                    self.held.push(out);
+                } else {
+                    // Too much live traffic to hold: give the resume up, honestly.
+                    let reply = protocol::subscribed_resumed(r.channel, false, 0, &r.id);
+                    self.resuming = None;
+                    self.hub.resume_metrics().requests.with_label_values(&["held_overflow"]).inc();
+                    sink.feed(Message::Text(reply.into())).await?;
+                    let held = std::mem::take(&mut self.held);
+                    for h in held.into_iter().chain(std::iter::once(out)) {
+                        if self.recent.first_time(h.event_id) {
+                            sink.feed(Message::Text(h.frame.clone())).await?;
+                        }
+                    }
+                }
+            } else if out.offset >= 0 && out.offset <= self.skip_through[out.channel as usize] {
                 // resume: the client has this one from another instance.
                 self.hub.metrics().duplicates_suppressed.inc();
             } else if self.recent.first_time(out.event_id) {
