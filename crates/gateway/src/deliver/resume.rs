@@ -291,7 +291,7 @@ pub struct Windows {
 
 impl Windows {
     fn log(&mut self, at: &At<'_>) -> &mut PartitionLog {
-        // Look up by borrowed key first: a String per record would cost an allocation.
+        // Called once per partition (callers `find` first: a key String per record would cost an allocation).
         let key = (at.topic.to_owned(), at.partition);
         self.partitions.entry(key).or_insert(PartitionLog {
             covered_after: at.offset - 1,

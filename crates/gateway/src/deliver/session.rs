@@ -336,6 +336,12 @@ impl Session {
         let Resuming { channel, id, started, .. } = self.resuming.take().expect("a resume was in flight");
         let metrics = self.hub.resume_metrics().clone();
         metrics.seconds.observe(started.elapsed().as_secs_f64());
+        if !self.hub.is_subscribed(self.id, channel) {
+            // Unsubscribed (or the identity changed) while the history was read.
+            metrics.requests.with_label_values(&["unsubscribed"]).inc();
+            self.held.clear();
+            return protocol::subscribed_resumed(channel, false, 0, &id);
+        }
         match read {
             Ok(replayed) => {
                 let frames = self.hub.admitted(self.id, channel, replayed);
