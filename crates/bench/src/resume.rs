@@ -85,7 +85,8 @@ impl Suite {
     }
 
     async fn resume_on(&self, topic: &str, clients: usize, rate: f64, gap_secs: f64) -> anyhow::Result<ResumeRun> {
-        let fd_cap = (procstat::open_files_limit() as usize).saturating_sub(500) / 2;
+        // Phase 1 sockets are closed before phase 2 opens: one descriptor per client at a time.
+        let fd_cap = (procstat::open_files_limit() as usize).saturating_sub(500);
         let n = clients.min(fd_cap);
         let note = (n < clients).then(|| format!("{clients} clients requested; capped at {n} by the open-files limit"));
         let target = self.start_target(Kind::Moonx, topic, "resume").await?;
