@@ -8,6 +8,12 @@
 //! for every delivery: public events to subscribers of `prices`, a user's
 //! events only to connections authenticated as that user, internal events
 //! only to admins, never after the token expired.
+//!
+//! Resume (SPEC 6.1, machinery in `resume`): a record's frame carries its
+//! `pos`, and the record moves its partition's live boundary under this
+//! hub's lock; a subscription with `since` reads that boundary and registers
+//! under the same lock, so the replay and the live stream meet exactly. A
+//! replayed frame passes the same entitlement rule as a live one.
 
 use super::auth::Identity;
 use super::resume::{At, Position, Resume, ResumeMetrics, ResumeSettings, Streams, Windows};

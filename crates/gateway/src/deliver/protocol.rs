@@ -4,7 +4,8 @@
 //! `prices`), `unsubscribe`, `auth`, `ping`; any may carry an `id` that the
 //! reply echoes. Server → client: `subscribed`, `unsubscribed`,
 //! `authenticated` (our addition: the reply to `auth`), `event`, `error`,
-//! `pong`.
+//! `pong`. v1.1 (SPEC 6.1, backward compatible): `pos` on event frames,
+//! `since` on `subscribe`, `recovered` and `missed` on its `subscribed`.
 
 use super::Channel;
 use serde::Deserialize;

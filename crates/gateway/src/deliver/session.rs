@@ -5,6 +5,11 @@
 //! once. Every client error gets an error frame and the connection stays
 //! open, unless the client keeps misbehaving (close 1008). A slow consumer
 //! is closed with 3008, shutdown with 1001 (going away).
+//!
+//! Resume (SPEC 6.1): a subscription with `since` gets its `subscribed`
+//! reply (with `recovered` and `missed`), then the replayed frames, then the
+//! channel's live frames; while its history is read from Kafka, the
+//! channel's live frames are held (bounded) so order holds.
 
 use super::auth::{AuthError, Authenticator, Identity};
 use super::dedup::RecentIds;
