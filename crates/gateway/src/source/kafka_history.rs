@@ -176,7 +176,11 @@ fn read_pass(inner: &Inner, topic: &str, partition: i32, requests: &[HistoryRequ
         }
         let message = match consumer.poll(left.min(Duration::from_millis(200))) {
             None => continue,
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            // The end of the log before the boundary: records are missing (deleted meanwhile?).
+            Some(Err(KafkaError::PartitionEOF(_))) => {
+                tracing::warn!(topic, partition, from, until, "resume reader: end of the log before the live boundary");
+                return fail_all(HistoryError::Failed);
+            }
             Some(Err(e)) => {
                 tracing::warn!(topic, partition, from, until, "resume reader: {e}");
                 return fail_all(HistoryError::Failed);
