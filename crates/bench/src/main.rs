@@ -15,6 +15,7 @@ mod events;
 mod kafka;
 mod procstat;
 mod report;
+mod resume;
 mod stats;
 mod suite;
 mod target;
@@ -92,8 +93,8 @@ struct SuiteArgs {
     /// Small N, seconds per scenario.
     #[arg(long)]
     smoke: bool,
-    /// Scenarios to run, of a,b,c,d,e,f.
-    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f")]
+    /// Scenarios to run, of a,b,c,d,e,f,g (g: resume storm, moonx-ws only).
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f,g")]
     only: Vec<String>,
     /// Systems under test, of moonx,baseline.
     #[arg(long, value_delimiter = ',', default_value = "moonx,baseline")]
@@ -129,6 +130,12 @@ struct SuiteArgs {
     private_rate: Option<f64>,
     #[arg(long)]
     measure_secs: Option<f64>,
+    #[arg(long)]
+    resume_clients: Option<usize>,
+    #[arg(long)]
+    resume_rate: Option<f64>,
+    #[arg(long)]
+    resume_gap_secs: Option<f64>,
 }
 
 #[derive(Parser)]
@@ -214,7 +221,7 @@ async fn run_suite(a: SuiteArgs) -> anyhow::Result<()> {
     macro_rules! over {
         ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { scale.$f = v; } )* };
     }
-    over!(consume_events, fanout_clients, fanout_rates, latency_clients, latency_rate, memory_levels, private_users, private_rate, measure_secs);
+    over!(consume_events, fanout_clients, fanout_rates, latency_clients, latency_rate, memory_levels, private_users, private_rate, measure_secs, resume_clients, resume_rate, resume_gap_secs);
     let logs = a.out.join("logs");
     std::fs::create_dir_all(&logs)?;
     let kinds: Vec<Kind> = a
@@ -280,6 +287,10 @@ async fn run_suite(a: SuiteArgs) -> anyhow::Result<()> {
             && let Some(v) = attempt!(format!("f private {}", k.key()), suite.private(k).await) {
                 r.private.push(v);
             }
+    }
+    if on("g") && kinds.contains(&Kind::Moonx) {
+        let s = &suite.scale;
+        r.resume = attempt!("g resume", suite.resume(s.resume_clients, s.resume_rate, s.resume_gap_secs).await);
     }
     machine.load_average_end = report::loadavg();
     let rep = report::Report {

@@ -287,6 +287,20 @@ pub fn markdown(rep: &Report<'_>) -> String {
         }
     }
     delivery_table(&mut md, "f. Private delivery: one connection per user, JWT (moonx-ws) / ?userId= (baseline)", &r.private);
+    if let Some(g) = &r.resume {
+        let _ = writeln!(md, "\n## g. Resume storm: every client reconnects at once with `since` (moonx-ws)\n");
+        let _ = writeln!(md, "| clients | events/s | gap s | until all live s | replayed | replayed/s | recovered | not recovered | failed | slow-consumer closes | Kafka passes | CPU % steady → storm | RSS MiB steady → storm |");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {:.2} | {} | {:.0} | {} | {} | {} | {} | {:.0} | {:.0} → {:.0} | {:.1} → {:.1} |",
+            g.clients, g.rate, g.gap_secs, g.seconds_until_all_live, g.replayed_events, g.replayed_per_sec, g.recovered, g.not_recovered,
+            g.failed_clients, g.slow_consumer_closes, g.kafka_reader_passes, g.steady_cpu_percent, g.storm_cpu_percent, g.steady_rss_mib, g.storm_rss_mib
+        );
+        if let Some(n) = &g.note {
+            let _ = writeln!(md, "\n{n}");
+        }
+    }
     if !r.errors.is_empty() {
         let _ = writeln!(md, "\n## Errors\n");
         for e in &r.errors {

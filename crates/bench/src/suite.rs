@@ -31,6 +31,10 @@ pub struct Scale {
     pub warmup_secs: f64,
     pub measure_secs: f64,
     pub node_hotpath_iterations: u64,
+    /// Scenario g: clients reconnecting at once, user events/s, seconds away.
+    pub resume_clients: usize,
+    pub resume_rate: f64,
+    pub resume_gap_secs: f64,
 }
 
 impl Scale {
@@ -49,6 +53,9 @@ impl Scale {
             warmup_secs: 3.0,
             measure_secs: 10.0,
             node_hotpath_iterations: 1_000_000,
+            resume_clients: 10_000,
+            resume_rate: 2_000.0,
+            resume_gap_secs: 10.0,
         }
     }
 
@@ -67,6 +74,9 @@ impl Scale {
             warmup_secs: 0.5,
             measure_secs: 1.5,
             node_hotpath_iterations: 100_000,
+            resume_clients: 200,
+            resume_rate: 200.0,
+            resume_gap_secs: 2.0,
         }
     }
 }
@@ -87,6 +97,7 @@ pub struct Results {
     pub latency: Vec<Delivery>,
     pub memory: Vec<Memory>,
     pub private: Vec<Delivery>,
+    pub resume: Option<crate::resume::ResumeRun>,
     pub errors: Vec<String>,
 }
 
@@ -220,19 +231,19 @@ fn topic(tag: &str) -> String {
     format!("bench.{tag}.{}", uuid::Uuid::new_v4().simple())
 }
 
-fn log(msg: impl AsRef<str>) {
+pub(crate) fn log(msg: impl AsRef<str>) {
     eprintln!("[bench {:>7.1}s] {}", crate::elapsed(), msg.as_ref());
 }
 
 /// A producer running on its own thread at a fixed rate.
-struct RateProducer {
+pub(crate) struct RateProducer {
     stop: Arc<AtomicBool>,
     produced: Arc<AtomicU64>,
     handle: std::thread::JoinHandle<anyhow::Result<u64>>,
 }
 
 impl RateProducer {
-    fn start(brokers: &str, topic: &str, rate: f64, mix: Mix, seed: u64) -> Self {
+    pub(crate) fn start(brokers: &str, topic: &str, rate: f64, mix: Mix, seed: u64) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let produced = Arc::new(AtomicU64::new(0));
         let (b, t, s, p) = (brokers.to_owned(), topic.to_owned(), stop.clone(), produced.clone());
@@ -242,7 +253,7 @@ impl RateProducer {
     fn produced(&self) -> u64 {
         self.produced.load(Ordering::Relaxed)
     }
-    fn finish(self) -> anyhow::Result<u64> {
+    pub(crate) fn finish(self) -> anyhow::Result<u64> {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().map_err(|_| anyhow::anyhow!("producer thread panicked"))?
     }
@@ -292,6 +303,11 @@ fn cpu(a: &Option<ProcSample>, b: &Option<ProcSample>) -> f64 {
 impl Suite {
     fn addr(t: &Target) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], t.port))
+    }
+
+    /// A target reading `topic` from its end (scenario g).
+    pub(crate) async fn start_target(&self, kind: Kind, topic: &str, tag: &str) -> anyhow::Result<Target> {
+        self.start(kind, topic, false, tag).await
     }
 
     async fn start(&self, kind: Kind, topic: &str, from_beginning: bool, tag: &str) -> anyhow::Result<Target> {

@@ -49,6 +49,13 @@ pub mod env {
     pub const HTTP_WRITE_TIMEOUT_MS: &str = "HTTP_WRITE_TIMEOUT_MS";
     pub const WS_WRITE_TIMEOUT_MS: &str = "WS_WRITE_TIMEOUT_MS";
     pub const REVOCATION_WINDOW_SECS: &str = "REVOCATION_WINDOW_SECS";
+    pub const RESUME_WINDOW_EVENTS: &str = "RESUME_WINDOW_EVENTS";
+    pub const RESUME_WINDOW_BYTES: &str = "RESUME_WINDOW_BYTES";
+    pub const RESUME_MAX_EVENTS: &str = "RESUME_MAX_EVENTS";
+    pub const RESUME_MAX_READERS: &str = "RESUME_MAX_READERS";
+    pub const RESUME_TIMEOUT_MS: &str = "RESUME_TIMEOUT_MS";
+    pub const RESUME_MAX_SCAN_RECORDS: &str = "RESUME_MAX_SCAN_RECORDS";
+    pub const KAFKA_PARTITIONER: &str = "KAFKA_PARTITIONER";
 }
 
 /// Defaults of the limits and timeouts at the edges (README: "Limits and
@@ -111,6 +118,50 @@ pub struct CommonArgs {
     pub ws: WsArgs,
     #[command(flatten)]
     pub publish: PublishArgs,
+    #[command(flatten)]
+    pub resume: ResumeArgs,
+}
+
+/// Resume after reconnect (SPEC 6.1).
+#[derive(Debug, Clone, Args)]
+pub struct ResumeArgs {
+    /// Recent private events kept in memory per partition for resume (0: always read Kafka).
+    #[arg(long, env = env::RESUME_WINDOW_EVENTS, default_value_t = crate::deliver::resume::DEFAULT_WINDOW_EVENTS)]
+    pub resume_window_events: usize,
+    /// Bytes of frames kept in memory per partition for resume.
+    #[arg(long, env = env::RESUME_WINDOW_BYTES, default_value_t = crate::deliver::resume::DEFAULT_WINDOW_BYTES)]
+    pub resume_window_bytes: usize,
+    /// Most missed events replayed to one subscription; beyond, `recovered:false`.
+    #[arg(long, env = env::RESUME_MAX_EVENTS, default_value_t = crate::deliver::resume::DEFAULT_MAX_EVENTS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub resume_max_events: u32,
+    /// Kafka history readers running at once (each serves every resumer of one partition).
+    #[arg(long, env = env::RESUME_MAX_READERS, default_value_t = crate::deliver::resume::DEFAULT_MAX_READERS, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub resume_max_readers: u32,
+    /// Records of a partition a resume may scan in Kafka (live boundary minus
+    /// position); an older position is answered `recovered:false` at once.
+    #[arg(long, env = env::RESUME_MAX_SCAN_RECORDS, default_value_t = crate::deliver::resume::DEFAULT_MAX_SCAN_RECORDS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub resume_max_scan_records: u64,
+    /// Longest a resume may wait for its history before `recovered:false`.
+    #[arg(long, env = env::RESUME_TIMEOUT_MS, default_value_t = crate::deliver::resume::DEFAULT_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(100..))]
+    pub resume_timeout_ms: u64,
+    /// How producers map keys to partitions: `consistent` (librdkafka's
+    /// default, CRC-32; our producers) or `murmur2` (the Java client's).
+    #[arg(long, env = env::KAFKA_PARTITIONER, default_value = "consistent", value_parser = ["consistent", "murmur2"])]
+    pub partitioner: String,
+}
+
+impl ResumeArgs {
+    pub fn settings(&self) -> crate::deliver::resume::ResumeSettings {
+        crate::deliver::resume::ResumeSettings {
+            window_events: self.resume_window_events,
+            window_bytes: self.resume_window_bytes,
+            max_events: self.resume_max_events as usize,
+            max_readers: self.resume_max_readers as usize,
+            max_scan_records: self.resume_max_scan_records,
+            timeout: Duration::from_millis(self.resume_timeout_ms),
+            partitioner: crate::deliver::resume::Partitioner::parse(&self.partitioner).unwrap_or_default(),
+        }
+    }
 }
 
 /// Settings of `dev`: the embedded bus instead of Kafka.

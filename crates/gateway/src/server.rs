@@ -103,7 +103,7 @@ impl Gateway {
 
     /// Runs until `shutdown` fires; `on_ready` is called once listening.
     pub async fn run_with(self, shutdown: CancellationToken, on_ready: impl FnOnce(Running)) -> anyhow::Result<()> {
-        let GatewayConfig { source, common: CommonArgs { pipeline: pipeline_args, http, ws, publish } } = self.config;
+        let GatewayConfig { source, common: CommonArgs { pipeline: pipeline_args, http, ws, publish, resume } } = self.config;
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(
             HubSettings {
@@ -114,6 +114,8 @@ impl Gateway {
             metrics.clone(),
         );
         hub.set_revocation_window(ws.revocation_window());
+        let resume_settings = resume.settings();
+        hub.set_resume_settings(resume_settings.clone());
         let (default_host, instance) = match &source {
             SourceConfig::Kafka { consumer, .. } => ([0, 0, 0, 0].into(), consumer.instance_id()),
             SourceConfig::Embedded { instance_id } => ([127, 0, 0, 1].into(), instance_id.clone()),
@@ -158,6 +160,14 @@ impl Gateway {
                     Ok(found) => tracing::info!(records = found.records, revocations = found.revocations, window_secs = ws.revocation_window_secs, "revocations read back"),
                     Err(e) => tracing::error!("revocations not read back (serving anyway; revoked tokens may be accepted until their revocation arrives): {e:#}"),
                 }
+                // The consumer declares each topic's partition count (the generation of positions).
+                hub.set_history(Arc::new(crate::source::kafka_history::KafkaHistory::new(
+                    &kafka.brokers,
+                    pipeline.clone(),
+                    resume_settings.max_readers,
+                    resume_settings.timeout,
+                    hub.resume_metrics().clone(),
+                )));
                 let mut topics = vec![kafka.main_topic.clone()];
                 if consumer.legacy_topics {
                     topics.extend(LEGACY_TOPICS.iter().map(|t| t.to_string()));
@@ -169,7 +179,7 @@ impl Gateway {
                     stats_interval_ms: consumer.stats_interval_ms,
                     auto_offset_reset: consumer.auto_offset_reset.clone(),
                 };
-                let status = Arc::new(ConsumerStatus { group: settings.group_id.clone(), ..Default::default() });
+                let status = Arc::new(ConsumerStatus { group: settings.group_id.clone(), streams: hub.resume_streams(), ..Default::default() });
                 let producer = crate::kafka::producer::create_producer(&kafka.brokers)?;
                 let dead_letters = if consumer.dlq && consumer.dlq_writer {
                     DeadLetterWriter::Kafka { producer: crate::kafka::producer::create_dlq_producer(&kafka.brokers)?, topic: kafka.dlq_topic.clone(), instance: instance.clone() }
@@ -190,6 +200,9 @@ impl Gateway {
             }
             SourceConfig::Embedded { .. } => {
                 let (bus, records) = EmbeddedBus::new(MAIN_TOPIC, 10_000);
+                // Positions of this process's bus: a restarted dev server is another stream.
+                hub.resume_streams().set(MAIN_TOPIC, crate::deliver::resume::Generation::Epoch(rand_epoch()));
+                hub.resume_streams().set_start(MAIN_TOPIC, 0, 0);
                 let ring = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
                 dead_letter_ring = Some(ring.clone());
                 let dead_letters = DeadLetterWriter::Memory { letters: ring, capacity: 1000 };
@@ -448,4 +461,9 @@ mod presence_tests {
         assert_eq!(zero.offer(connected("w"), t0), vec![connected("w")]);
         assert_eq!(zero.offer(disconnected("w"), t0), vec![disconnected("w")]);
     }
+}
+
+/// The embedded bus's epoch: random, so two runs never share one.
+fn rand_epoch() -> u64 {
+    uuid::Uuid::new_v4().as_u64_pair().0
 }

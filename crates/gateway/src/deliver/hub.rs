@@ -21,9 +21,16 @@
 //! authentication (`set_identity`): once a revocation is recorded, no token
 //! it covers can join, and every connection it covers is cut off (close
 //! 4001, see `session::Disconnect::REVOKED`) and gets no further frame.
+//!
+//! Resume (SPEC 6.1, machinery in `resume`): a record's frame carries its
+//! `pos`, and the record moves its partition's live boundary under this
+//! hub's lock; a subscription with `since` reads that boundary and registers
+//! under the same lock, so the replay and the live stream meet exactly. A
+//! replayed frame passes the same entitlement rule as a live one.
 
 use super::auth::Identity;
 use super::revocation::Revocations;
+use super::resume::{At, Position, Resume, ResumeMetrics, ResumeSettings, Streams, Windows};
 use super::{Audience, Channel};
 use crate::pipeline::router::Route;
 use crate::telemetry::Metrics;
@@ -46,6 +53,9 @@ pub struct Frame {
     pub event_id: u128,
     pub timestamp_ms: u64,
     pub channel: Channel,
+    /// The record's offset in its partition, -1 when unknown (resume: the
+    /// session skips live frames its client already has).
+    pub offset: i64,
     pub frame: Utf8Bytes,
 }
 
@@ -122,6 +132,10 @@ struct State {
     /// The latest price frame per token and chain (turned into a snapshot
     /// frame when someone subscribes).
     latest_prices: BTreeMap<String, BTreeMap<u64, Outbound>>,
+    // resume (SPEC 6.1): live boundaries and windows, under the same lock
+    // as the subscriptions so that a resume's seam is exact.
+    windows: Windows,
+    resume_settings: ResumeSettings,
     /// Users whose sessions were revoked, within the revocation window.
     revocations: Revocations,
 }
@@ -138,6 +152,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     settings: HubSettings,
     presence: Mutex<Option<PresenceSink>>,
+    resume: Resume,
 }
 
 #[derive(Clone)]
@@ -168,6 +183,12 @@ pub struct Registration {
 
 impl Hub {
     pub fn new(settings: HubSettings, metrics: Arc<Metrics>) -> Self {
+        let resume = Resume {
+            settings: ResumeSettings::default(),
+            streams: Arc::new(Streams::default()),
+            history: Mutex::new(None),
+            metrics: ResumeMetrics::new(&metrics.registry),
+        };
         Hub {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
@@ -175,6 +196,7 @@ impl Hub {
                 metrics,
                 settings,
                 presence: Mutex::new(None),
+                resume,
             }),
         }
     }
@@ -448,6 +470,13 @@ impl Hub {
     /// Delivers one routed event to every entitled subscriber.
     /// `original` is the record's bytes when they are the envelope as-is.
     pub fn publish(&self, route: Route, event: &Event, original: Option<&[u8]>) {
+        self.publish_at(route, event, original, None)
+    }
+
+    /// The frame of a routed event, exactly as live delivery builds it
+    /// (resume replays build theirs here too). Private and system frames
+    /// of a record with known coordinates carry `pos`.
+    pub fn frame_of(&self, channel: Channel, event: &Event, original: Option<&[u8]>, at: Option<&At<'_>>) -> Outbound {
         let owned;
         let envelope = match original {
             Some(bytes) => bytes,
@@ -456,12 +485,22 @@ impl Hub {
                 &owned
             }
         };
-        let out = Arc::new(Frame {
+        // Prices need no position (the snapshot covers them): their frames stay as they were.
+        let pos = at.filter(|_| channel != Channel::Prices).and_then(|at| self.inner.resume.streams.position_of(at));
+        Arc::new(Frame {
             event_id: event.metadata.event_id.as_u128(),
             timestamp_ms: event.metadata.timestamp,
-            channel: route.channel,
-            frame: utf8(super::protocol::event_frame(route.channel, envelope)),
-        });
+            channel,
+            offset: at.map_or(-1, |a| a.offset),
+            frame: utf8(super::protocol::event_frame_at(channel, envelope, pos.as_deref())),
+        })
+    }
+
+    /// [`Hub::publish`] of a record at known Kafka coordinates: the frame
+    /// carries `pos`, and the record moves the partition's live boundary
+    /// (and enters its resume window) under the lock that delivers it.
+    pub fn publish_at(&self, route: Route, event: &Event, original: Option<&[u8]>, at: Option<At<'_>>) {
+        let out = self.frame_of(route.channel, event, original, at.as_ref());
         let price_token = match &event.data {
             EventData::PriceUpdated(p) => Some((p.token.as_str(), p.chain_id)),
             _ => None,
@@ -469,6 +508,14 @@ impl Hub {
         let now_ms = crate::telemetry::coarse_clock::now_ms();
         let metrics = &self.inner.metrics;
         let mut st = self.state();
+        if let Some(at) = &at {
+            let st = &mut *st;
+            // A redelivered record is already in the window (and its frame
+            // reaches clients again, where eventId de-duplication drops it).
+            if st.windows.observe(at) && matches!(route.audience, Audience::User(_)) {
+                st.windows.keep(at, &route, &out, &st.resume_settings);
+            }
+        }
         if let (Some((token, chain)), Audience::Everyone) = (price_token, &route.audience) {
             match st.latest_prices.get_mut(token) {
                 Some(chains) => {
@@ -480,14 +527,7 @@ impl Hub {
             }
         }
         let st = &*st;
-        let entitled = |conn: &Conn| -> bool {
-            conn.channels[route.channel.index()]
-                && match &route.audience {
-                    Audience::Everyone => true,
-                    Audience::User(u) => conn.identity.as_ref().is_some_and(|i| &i.user_id == u && i.expires_at_ms > now_ms),
-                    Audience::Operators => conn.identity.as_ref().is_some_and(|i| i.admin && i.expires_at_ms > now_ms),
-                }
-        };
+        let entitled = |conn: &Conn| entitled(conn, &route, now_ms);
         let mut sent = 0u64;
         let mut offer = |id: &ConnId| {
             let Some(conn) = st.conns.get(id) else { return };
@@ -525,6 +565,17 @@ impl Hub {
             metrics.frames_sent.with_label_values(&[route.channel.as_str()]).inc_by(sent);
         }
     }
+}
+
+/// Whether a subscriber receives a route: the one rule of live delivery,
+/// and of resume replays.
+fn entitled(conn: &Conn, route: &Route, now_ms: u64) -> bool {
+    conn.channels[route.channel.index()]
+        && match &route.audience {
+            Audience::Everyone => true,
+            Audience::User(u) => conn.identity.as_ref().is_some_and(|i| &i.user_id == u && i.expires_at_ms > now_ms),
+            Audience::Operators => conn.identity.as_ref().is_some_and(|i| i.admin && i.expires_at_ms > now_ms),
+        }
 }
 
 /// The `tokens` filter of a `prices` subscription: lowercase, without
@@ -812,5 +863,123 @@ mod tests {
         assert_eq!(hub.set_identity(late.id, with_iat(Some(now_secs - 1))), Err(HubError::Revoked));
         assert!(hub.set_identity(late.id, with_iat(Some(now_secs + 5))).is_ok(), "issued after");
         assert!(hub.is_revoked("mallory") && !hub.is_revoked("bob"));
+    }
+}
+
+// ---- resume (SPEC 6.1; the machinery is in `super::resume`) ----
+
+/// How a subscription with `since` starts.
+pub enum ResumeStart {
+    /// Subscribed, live only: the server cannot prove nothing is missing
+    /// (the reason is the `result` label of `resume_requests_total`).
+    NotRecovered(&'static str),
+    /// Subscribed; these frames first, then live. Live frames of the channel
+    /// at or before `skip_through` are ones the client already has (this
+    /// instance is behind the one that served the position).
+    Recovered { frames: Vec<Outbound>, skip_through: i64 },
+    /// Subscribed; read the history first (frames after `request.until`
+    /// arrive live), then keep what [`Hub::admitted`] lets through.
+    FromHistory { request: super::resume::HistoryRequest, history: Arc<dyn super::resume::History> },
+}
+
+impl Hub {
+    /// Applies the resume settings (at start-up).
+    pub fn set_resume_settings(&self, settings: ResumeSettings) {
+        self.state().resume_settings = settings;
+    }
+
+    /// Where the source declares each topic's generation.
+    pub fn resume_streams(&self) -> Arc<Streams> {
+        self.inner.resume.streams.clone()
+    }
+
+    /// The reader of missed records beyond the window (set by the source).
+    pub fn set_history(&self, history: Arc<dyn super::resume::History>) {
+        *self.inner.resume.history.lock().unwrap_or_else(|p| p.into_inner()) = Some(history);
+    }
+
+    pub fn resume_metrics(&self) -> &ResumeMetrics {
+        &self.inner.resume.metrics
+    }
+
+    /// Notes a record that reached no subscriber (dead-lettered, or routed
+    /// nowhere): it still moves the partition's live boundary.
+    pub fn note_processed(&self, at: At<'_>) {
+        self.state().windows.observe(&at);
+    }
+
+    /// Subscribes `id` to a private channel and decides, under the same lock
+    /// (so the seam is exact), how the events after `since` reach it.
+    pub fn subscribe_resume(&self, id: ConnId, channel: Channel, since: &str) -> ResumeStart {
+        let parsed = Position::parse(since);
+        let now_ms = crate::telemetry::coarse_clock::now_ms();
+        let resume = &self.inner.resume;
+        let mut st = self.state();
+        let st = &mut *st;
+        let Some(conn) = st.conns.get_mut(&id) else { return ResumeStart::NotRecovered("closed") };
+        if !conn.channels[channel.index()] {
+            conn.channels[channel.index()] = true;
+            self.inner.metrics.subscriptions.with_label_values(&[channel.as_str()]).inc();
+        }
+        let conn = &*conn;
+        let settings = &st.resume_settings;
+        let Ok(pos) = parsed else { return ResumeStart::NotRecovered("invalid") };
+        if !matches!(channel, Channel::Orders | Channel::Portfolio | Channel::Trades) {
+            return ResumeStart::NotRecovered("not_resumable");
+        }
+        if resume.streams.get(&pos.topic) != Some(pos.generation) {
+            return ResumeStart::NotRecovered("other_stream");
+        }
+        let Some(user) = conn.identity.as_ref().filter(|i| i.expires_at_ms > now_ms).map(|i| i.user_id.clone()) else {
+            return ResumeStart::NotRecovered("unauthorized");
+        };
+        let users_partition = match pos.generation {
+            super::resume::Generation::Partitions(n) => settings.partitioner.partition_of(user.as_bytes(), n),
+            super::resume::Generation::Epoch(_) => 0,
+        };
+        if users_partition != pos.partition {
+            return ResumeStart::NotRecovered("other_partition");
+        }
+        if let Some(start) = resume.streams.start_of(&pos.topic, pos.partition) {
+            st.windows.begin_at(&pos.topic, pos.partition, start);
+        }
+        let Some((live, covered)) = st.windows.boundary(&pos.topic, pos.partition, pos.offset) else {
+            return ResumeStart::NotRecovered("unknown_partition");
+        };
+        if pos.offset >= live {
+            // Another instance got further: what lies between comes live, and the client has it.
+            if (pos.offset - live) as u64 > settings.max_events as u64 {
+                return ResumeStart::NotRecovered("ahead_of_log");
+            }
+            return ResumeStart::Recovered { frames: Vec::new(), skip_through: pos.offset };
+        }
+        if covered {
+            let frames = st.windows.collect(&pos.topic, pos.partition, pos.offset, live, channel, |r| entitled(conn, r, now_ms));
+            if frames.len() > settings.max_events {
+                return ResumeStart::NotRecovered("too_many");
+            }
+            return ResumeStart::Recovered { frames, skip_through: -1 };
+        }
+        if (live - pos.offset) as u64 > settings.max_scan_records {
+            return ResumeStart::NotRecovered("too_old");
+        }
+        let Some(history) = resume.history() else { return ResumeStart::NotRecovered("no_history") };
+        let request = super::resume::HistoryRequest {
+            topic: pos.topic,
+            partition: pos.partition,
+            since: pos.offset,
+            until: live,
+            key: user,
+            max_events: settings.max_events,
+        };
+        ResumeStart::FromHistory { request, history }
+    }
+
+    /// The replayed frames on `channel` that the live rule lets `id` see now.
+    pub fn admitted(&self, id: ConnId, channel: Channel, replayed: Vec<super::resume::Replayed>) -> Vec<Outbound> {
+        let now_ms = crate::telemetry::coarse_clock::now_ms();
+        let st = self.state();
+        let Some(conn) = st.conns.get(&id) else { return Vec::new() };
+        replayed.into_iter().filter(|r| r.route.channel == channel && entitled(conn, &r.route, now_ms)).map(|r| r.frame).collect()
     }
 }

@@ -7,6 +7,7 @@ pub mod dedup;
 pub mod hub;
 pub mod protocol;
 pub mod revocation;
+pub mod resume;
 pub mod session;
 
 pub use hub::{Hub, HubSettings};

@@ -4,7 +4,8 @@
 //! `prices`), `unsubscribe`, `auth`, `ping`; any may carry an `id` that the
 //! reply echoes. Server → client: `subscribed`, `unsubscribed`,
 //! `authenticated` (our addition: the reply to `auth`), `event`, `error`,
-//! `pong`.
+//! `pong`. v1.1 (SPEC 6.1, backward compatible): `pos` on event frames,
+//! `since` on `subscribe`, `recovered` and `missed` on its `subscribed`.
 
 use super::Channel;
 use serde::Deserialize;
@@ -62,7 +63,8 @@ pub mod close_code {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
-    Subscribe { channel: String, tokens: Option<Vec<String>> },
+    /// `since`: the `pos` of the last event the client got (resume, SPEC 6.1).
+    Subscribe { channel: String, tokens: Option<Vec<String>>, since: Option<String> },
     Unsubscribe { channel: String },
     Auth { token: String },
     Ping,
@@ -95,6 +97,7 @@ struct Raw {
     channel: Option<Value>,
     tokens: Option<Value>,
     token: Option<Value>,
+    since: Option<Value>,
 }
 
 /// Parses one client text frame.
@@ -142,7 +145,13 @@ pub fn parse(text: &str) -> Result<ClientMessage, ProtocolError> {
                 ),
                 Some(_) => return Err(bad("\"tokens\" must be an array of strings")),
             };
-            Request::Subscribe { channel, tokens }
+            let since = match raw.since {
+                None | Some(Value::Null) => None,
+                // Any string: an unusable one is answered `recovered:false`, not an error.
+                Some(Value::String(s)) => Some(s),
+                Some(_) => return Err(bad("\"since\" must be a string (the pos of the last event you got)")),
+            };
+            Request::Subscribe { channel, tokens, since }
         }
         "unsubscribe" => Request::Unsubscribe { channel: string_field(raw.channel, "channel")? },
         "auth" => Request::Auth { token: string_field(raw.token, "token")? },
@@ -167,6 +176,11 @@ pub fn subscribed(channel: Channel, tokens: Option<&[String]>, id: &Option<Value
     with_id(v, id)
 }
 
+/// The reply to a subscription with `since`.
+pub fn subscribed_resumed(channel: Channel, recovered: bool, missed: usize, id: &Option<Value>) -> String {
+    with_id(json!({"type": "subscribed", "channel": channel.as_str(), "recovered": recovered, "missed": missed}), id)
+}
+
 pub fn unsubscribed(channel: Channel, id: &Option<Value>) -> String {
     with_id(json!({"type": "unsubscribed", "channel": channel.as_str()}), id)
 }
@@ -186,10 +200,21 @@ pub fn error(code: ErrorCode, message: &str, id: &Option<Value>) -> String {
 /// The event frame, built once per event and shared by every recipient:
 /// the envelope bytes are spliced in as they are.
 pub fn event_frame(channel: Channel, envelope_json: &[u8]) -> Vec<u8> {
+    event_frame_at(channel, envelope_json, None)
+}
+
+/// [`event_frame`] with the record's stream position (`"pos"`, SPEC 6.1),
+/// spliced in before the envelope. A position is our own base64url and
+/// digits, so it needs no escaping.
+pub fn event_frame_at(channel: Channel, envelope_json: &[u8], pos: Option<&str>) -> Vec<u8> {
     let channel = channel.as_str().as_bytes();
-    let mut out = Vec::with_capacity(envelope_json.len() + 64);
+    let mut out = Vec::with_capacity(envelope_json.len() + 64 + pos.map_or(0, str::len));
     out.extend_from_slice(b"{\"type\":\"event\",\"channel\":\"");
     out.extend_from_slice(channel);
+    if let Some(pos) = pos {
+        out.extend_from_slice(b"\",\"pos\":\"");
+        out.extend_from_slice(pos.as_bytes());
+    }
     out.extend_from_slice(b"\",\"event\":");
     out.extend_from_slice(envelope_json);
     out.push(b'}');
@@ -215,7 +240,10 @@ mod tests {
     #[test]
     fn parses_the_seed_shape_and_echoes_ids() {
         let m = parse(r#"{"type":"subscribe","channel":"prices","id":7}"#).unwrap();
-        assert_eq!(m.request, Request::Subscribe { channel: "prices".into(), tokens: None });
+        assert_eq!(m.request, Request::Subscribe { channel: "prices".into(), tokens: None, since: None });
+        let r = parse(r#"{"type":"subscribe","channel":"orders","since":"1.x.0.1.p6"}"#).unwrap();
+        assert_eq!(r.request, Request::Subscribe { channel: "orders".into(), tokens: None, since: Some("1.x.0.1.p6".into()) });
+        assert_eq!(parse(r#"{"type":"subscribe","channel":"orders","since":7}"#).unwrap_err().code, ErrorCode::BadRequest);
         assert_eq!(pong(&m.id), r#"{"id":7,"type":"pong"}"#);
     }
 
@@ -234,6 +262,9 @@ mod tests {
         let live = event_frame(Channel::Prices, br#"{"metadata":{},"data":{"event":1}}"#);
         let v: Value = serde_json::from_slice(&live).unwrap();
         assert_eq!(v, json!({"type": "event", "channel": "prices", "event": {"metadata": {}, "data": {"event": 1}}}));
+        let with_pos = event_frame_at(Channel::Orders, br#"{"metadata":{}}"#, Some("1.eA.0.5.p6"));
+        let v: Value = serde_json::from_slice(&with_pos).unwrap();
+        assert_eq!(v, json!({"type": "event", "channel": "orders", "pos": "1.eA.0.5.p6", "event": {"metadata": {}}}));
         let snap = snapshot_of(&live);
         assert_eq!(
             std::str::from_utf8(&snap).unwrap(),

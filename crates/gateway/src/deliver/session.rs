@@ -15,9 +15,16 @@
 //! the `slow_consumer` error frame and 3008; shutdown 1001 (going away); a
 //! revoked session 4001 ("session revoked"), and a token a revocation
 //! covers is refused (`unauthorized`, the connection stays open).
+//!
+//! Resume (SPEC 6.1): a subscription with `since` gets its `subscribed`
+//! reply (with `recovered` and `missed`), then the replayed frames, then the
+//! channel's live frames; while its history is read from Kafka, the
+//! channel's live frames are held (bounded) so order holds.
+
 use super::auth::{Authenticator, Identity};
 use super::dedup::RecentIds;
-use super::hub::{ConnId, Hub, Outbound};
+use super::hub::{ConnId, Hub, Outbound, ResumeStart};
+use super::resume::{HistoryError, HistoryFuture};
 use super::protocol::{self, close_code, ErrorCode, ProtocolError, Request};
 use super::{Access, Channel};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -156,6 +163,9 @@ where
         Err(_) => Err(WriteFailure::TimedOut),
     }
 }
+/// Live frames of a resuming channel held while its history is read; past
+/// this the resume is abandoned (`recovered:false`) and they go out live.
+const MAX_HELD_FRAMES: usize = 4096;
 
 /// A token bucket: `burst` messages at once, `per_sec` sustained.
 struct RateLimiter {
@@ -199,6 +209,24 @@ struct Session {
     pending_subscription: Option<(Channel, Option<Vec<String>>)>,
     /// Set when the reply being sent is the last: the connection then closes.
     close_after_reply: Option<Disconnect>,
+    // resume (SPEC 6.1)
+    /// Replayed frames to write right after the reply that announced them.
+    replay: Vec<Outbound>,
+    /// A resume waiting for the history: its reply and frames come when it
+    /// is read; meanwhile the channel's live frames are held in `held`
+    /// (other channels flow on).
+    resuming: Option<Resuming>,
+    held: Vec<Outbound>,
+    /// Per channel, live frames at or before this offset are ones the
+    /// client already has (it resumed from a position this instance had not reached).
+    skip_through: [i64; 5],
+}
+
+struct Resuming {
+    channel: Channel,
+    id: Option<serde_json::Value>,
+    started: Instant,
+    read: HistoryFuture,
 }
 
 /// Runs a connection to its end. `initial_token` comes from the query
@@ -250,6 +278,10 @@ pub async fn run_from(
         latency,
         pending_subscription: None,
         close_after_reply: None,
+        replay: Vec::new(),
+        resuming: None,
+        held: Vec::new(),
+        skip_through: [-1; 5],
     };
     let (mut sink, mut stream) = socket.split();
     let mut queue = reg.queue;
@@ -283,6 +315,13 @@ pub async fn run_from(
                     let msg = protocol::error(ErrorCode::Unauthorized, "your token expired: private subscriptions ended, public ones continue", &None);
                     if let Err(f) = timed(write_timeout, sink.send(text(msg))).await { break f.into(); }
                 }
+                read = async { (&mut session.resuming.as_mut().expect("guarded").read).await }, if session.resuming.is_some() => {
+                    let reply = session.resumed(read);
+                    if let Err(f) = timed(write_timeout, sink.send(text(reply))).await { break f.into(); }
+                    let mut frames = std::mem::take(&mut session.replay);
+                    frames.append(&mut session.held); // the replay, then the live frames held meanwhile
+                    if let Err(f) = timed(write_timeout, session.write_frames(&mut sink, frames)).await { break f.into(); }
+                }
                 first = queue.recv() => {
                     let Some(first) = first else { break Disconnect::SERVER_CLOSED };
                     let written = tokio::select! {
@@ -305,6 +344,10 @@ pub async fn run_from(
                     };
                     if let Some(reply) = reply
                         && let Err(f) = timed(write_timeout, sink.send(text(reply))).await { break f.into(); }
+                    if !session.replay.is_empty() {
+                        let frames = std::mem::take(&mut session.replay);
+                        if let Err(f) = timed(write_timeout, session.write_frames(&mut sink, frames)).await { break f.into(); }
+                    }
                     if let Some((ch, tokens)) = session.pending_subscription.take() {
                         hub.subscribe(session.id, ch, tokens.as_deref());
                     }
@@ -376,7 +419,27 @@ impl Session {
         // One clock read per batch: the frames of a batch are written together.
         let now_ms = moonx_events::validate::now_ms();
         while let Some(out) = pending.take() {
-            if self.recent.first_time(out.event_id) {
+            if let Some(r) = self.resuming.as_ref().filter(|r| r.channel == out.channel) {
+                // resume: live frames of the channel wait for its replay.
+                if self.held.len() < MAX_HELD_FRAMES {
+                    self.held.push(out);
+                } else {
+                    // Too much live traffic to hold: give the resume up, honestly.
+                    let reply = protocol::subscribed_resumed(r.channel, false, 0, &r.id);
+                    self.resuming = None;
+                    self.hub.resume_metrics().requests.with_label_values(&["held_overflow"]).inc();
+                    sink.feed(Message::Text(reply.into())).await?;
+                    let held = std::mem::take(&mut self.held);
+                    for h in held.into_iter().chain(std::iter::once(out)) {
+                        if self.recent.first_time(h.event_id) {
+                            sink.feed(Message::Text(h.frame.clone())).await?;
+                        }
+                    }
+                }
+            } else if out.offset >= 0 && out.offset <= self.skip_through[out.channel as usize] {
+                // resume: the client has this one from another instance.
+                self.hub.metrics().duplicates_suppressed.inc();
+            } else if self.recent.first_time(out.event_id) {
                 let lag_ms = now_ms.saturating_sub(out.timestamp_ms);
                 self.latency[out.channel as usize].observe(lag_ms as f64 / 1000.0);
                 sink.feed(Message::Text(out.frame.clone())).await?;
@@ -389,6 +452,74 @@ impl Session {
             }
         }
         sink.flush().await
+    }
+
+    /// Writes replayed frames (resume), in order, and flushes once.
+    async fn write_frames(&mut self, sink: &mut Sink, frames: Vec<Outbound>) -> Result<(), axum::Error> {
+        for out in frames {
+            if self.recent.first_time(out.event_id) {
+                sink.feed(Message::Text(out.frame.clone())).await?;
+            }
+        }
+        sink.flush().await
+    }
+
+    /// Starts a subscription with `since` on a private channel; the reply
+    /// now, or `None` when it waits for the history.
+    fn resume(&mut self, ch: Channel, since: &str, id: &Option<serde_json::Value>) -> Option<String> {
+        let metrics = self.hub.resume_metrics().clone();
+        let started = Instant::now();
+        if self.hub.is_subscribed(self.id, ch) {
+            // The live stream already runs: what came before it cannot be told apart.
+            metrics.requests.with_label_values(&["already_subscribed"]).inc();
+            return Some(protocol::subscribed_resumed(ch, false, 0, id));
+        }
+        match self.hub.subscribe_resume(self.id, ch, since) {
+            ResumeStart::NotRecovered(why) => {
+                metrics.requests.with_label_values(&[why]).inc();
+                Some(protocol::subscribed_resumed(ch, false, 0, id))
+            }
+            ResumeStart::Recovered { frames, skip_through } => {
+                metrics.requests.with_label_values(&["recovered"]).inc();
+                metrics.events.with_label_values(&["memory"]).inc_by(frames.len() as u64);
+                metrics.seconds.observe(started.elapsed().as_secs_f64());
+                self.skip_through[ch as usize] = skip_through;
+                let reply = protocol::subscribed_resumed(ch, true, frames.len(), id);
+                self.replay = frames;
+                Some(reply)
+            }
+            ResumeStart::FromHistory { request, history } => {
+                self.resuming = Some(Resuming { channel: ch, id: id.clone(), started, read: history.read(request) });
+                None
+            }
+        }
+    }
+
+    /// The reply to a resume whose history was read; its frames go to `replay`.
+    fn resumed(&mut self, read: Result<Vec<super::resume::Replayed>, HistoryError>) -> String {
+        let Resuming { channel, id, started, .. } = self.resuming.take().expect("a resume was in flight");
+        let metrics = self.hub.resume_metrics().clone();
+        metrics.seconds.observe(started.elapsed().as_secs_f64());
+        if !self.hub.is_subscribed(self.id, channel) {
+            // Unsubscribed (or the identity changed) while the history was read.
+            metrics.requests.with_label_values(&["unsubscribed"]).inc();
+            self.held.clear();
+            return protocol::subscribed_resumed(channel, false, 0, &id);
+        }
+        match read {
+            Ok(replayed) => {
+                let frames = self.hub.admitted(self.id, channel, replayed);
+                metrics.requests.with_label_values(&["recovered"]).inc();
+                metrics.events.with_label_values(&["kafka"]).inc_by(frames.len() as u64);
+                let reply = protocol::subscribed_resumed(channel, true, frames.len(), &id);
+                self.replay = frames;
+                reply
+            }
+            Err(e) => {
+                metrics.requests.with_label_values(&[e.label()]).inc();
+                protocol::subscribed_resumed(channel, false, 0, &id)
+            }
+        }
     }
 
     /// Handles one client text frame; returns the reply, if any.
@@ -404,7 +535,8 @@ impl Session {
         match reply {
             Ok(r) => {
                 self.consecutive_errors = 0;
-                Some(r)
+                // Empty: a resume whose reply comes once its history is read.
+                (!r.is_empty()).then_some(r)
             }
             Err(e) => Some(self.fail(e)),
         }
@@ -421,7 +553,7 @@ impl Session {
         match request {
             Request::Ping => Ok(protocol::pong(id)),
             Request::Auth { token } => self.authenticate(&token, id),
-            Request::Subscribe { channel, tokens } => {
+            Request::Subscribe { channel, tokens, since } => {
                 let ch = Channel::parse(&channel).ok_or_else(|| {
                     err(ErrorCode::UnknownChannel, format!("no channel {channel:?}: use prices, orders, portfolio, trades or system"))
                 })?;
@@ -437,6 +569,18 @@ impl Session {
                 self.check_access(ch, id)?;
                 if !self.hub.is_subscribed(self.id, ch) && self.hub.subscription_count(self.id) >= self.limits.max_subscriptions {
                     return Err(err(ErrorCode::LimitExceeded, format!("at most {} subscriptions per connection (WS_MAX_SUBSCRIPTIONS)", self.limits.max_subscriptions)));
+                }
+                if let Some(since) = since.as_deref().filter(|_| ch != Channel::Prices) {
+                    // resume (SPEC 6.1); `prices` needs none: its snapshot covers it.
+                    if self.resuming.is_some() {
+                        return Err(err(ErrorCode::LimitExceeded, "one resume at a time: wait for its subscribed reply".into()));
+                    }
+                    if ch == Channel::System {
+                        self.hub.resume_metrics().requests.with_label_values(&["not_resumable"]).inc();
+                        self.pending_subscription = Some((ch, None));
+                        return Ok(protocol::subscribed_resumed(ch, false, 0, id));
+                    }
+                    return Ok(self.resume(ch, since, id).unwrap_or_default());
                 }
                 // Reply first, so that `subscribed` precedes the snapshot frames.
                 let reply = protocol::subscribed(ch, tokens.as_deref(), id);

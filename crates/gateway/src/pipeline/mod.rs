@@ -146,6 +146,10 @@ impl Pipeline {
         if let Some(started) = started {
             self.metrics.pipeline_seconds.observe(started.elapsed().as_secs_f64());
         }
+        // resume: a record that reached no one still moves its partition's live boundary.
+        if !matches!(outcome, Outcome::Routed { deliveries } if deliveries > 0) {
+            self.hub.note_processed(at_of(record));
+        }
         if let Outcome::Failed(f) = &outcome {
             let event_type = f.event_type.as_deref().unwrap_or("unknown");
             self.metrics.events_failed.with_label_values(&[event_type, f.reason.as_str()]).inc();
@@ -233,7 +237,7 @@ impl Pipeline {
             if let Some(audit) = &self.audit {
                 audit.record(record, event, &route);
             }
-            self.hub.publish(route, event, payload);
+            self.hub.publish_at(route, event, payload, Some(at_of(record)));
         }
         match EventType::BUILT_IN.iter().position(|t| *t == event.metadata.event_type) {
             Some(i) => self.processed_built_in[i].inc(),
@@ -244,6 +248,40 @@ impl Pipeline {
             eventType = %event.metadata.event_type, deliveries, "routed"
         );
         Outcome::Routed { deliveries }
+    }
+}
+
+// ---- resume (SPEC 6.1) ----
+
+fn at_of<'a>(record: &Record<'a>) -> crate::deliver::resume::At<'a> {
+    crate::deliver::resume::At { topic: record.topic, partition: record.partition, offset: record.offset }
+}
+
+impl Pipeline {
+    /// A record read again for a resume: the same decode, handler and
+    /// entitlement check as live, the frames built as live builds them,
+    /// nothing published or counted as processed. A record that fails for
+    /// good yields nothing (it was dead-lettered when it was live). A
+    /// transient handler error is returned: live may have delivered the
+    /// event after a retry, so the resume cannot prove it complete.
+    pub fn replay(&self, record: &Record<'_>) -> Result<Vec<crate::deliver::resume::Replayed>, HandlerError> {
+        let Ok((event, original)) = self.decode(record) else { return Ok(Vec::new()) };
+        // The same routes as live (handler + entitlement).
+        let routes = match self.router.routes(&event) {
+            Some(Ok(routes)) => routes,
+            Some(Err(e @ HandlerError::Transient(_))) => return Err(e),
+            None | Some(Err(_)) => return Ok(Vec::new()),
+        };
+        let payload = if original { record.payload } else { None };
+        let at = at_of(record);
+        Ok(routes
+            .into_iter()
+            .map(|route| crate::deliver::resume::Replayed {
+                offset: record.offset,
+                frame: self.hub.frame_of(route.channel, &event, payload, Some(&at)),
+                route,
+            })
+            .collect())
     }
 }
 

@@ -59,6 +59,8 @@ pub struct ConsumerStatus {
     pub dlq: DlqHealth,
     /// The consumer group actually joined (`<KAFKA_CONSUMER_GROUP_ID>-<instance id>`), for `/health`.
     pub group: String,
+    /// resume: where each assignment declares its topics' partition counts.
+    pub streams: Arc<crate::deliver::resume::Streams>,
 }
 
 pub struct GatewayContext {
@@ -110,6 +112,29 @@ impl ConsumerContext for GatewayContext {
         self.metrics.consumer_assigned_partitions.set(assigned);
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(partitions = tpl.count(), "partitions assigned");
+        }
+        // resume: every instance is assigned every partition (its own group),
+        // so the assignment gives each topic's partition count.
+        if let Ok(assignment) = consumer.assignment() {
+            let mut counts: std::collections::HashMap<String, i32> = std::collections::HashMap::new();
+            for e in assignment.elements() {
+                *counts.entry(e.topic().to_owned()).or_default() += 1;
+            }
+            for (topic, n) in counts {
+                self.status.streams.set(&topic, crate::deliver::resume::Generation::Partitions(n));
+            }
+            // Where reading starts (the committed offsets): a partition that
+            // stays quiet after a restart still has a live boundary.
+            match consumer.committed_offsets(assignment, std::time::Duration::from_secs(2)) {
+                Ok(committed) => {
+                    for e in committed.elements() {
+                        if let rdkafka::Offset::Offset(next) = e.offset() {
+                            self.status.streams.set_start(e.topic(), e.partition(), next);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("committed offsets unknown (resume on quiet partitions answers recovered:false): {e}"),
+            }
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod embedded;
 pub mod kafka;
+pub mod kafka_history;
 pub mod publish;
 pub mod revocations;
 
