@@ -80,6 +80,18 @@ pub mod defaults {
     /// the client is judged gone: generous for a slow mobile link, short
     /// enough that a client that stopped reading does not hold its slot.
     pub const WS_WRITE_TIMEOUT_MS: u64 = 10_000;
+    /// Default of `WS_MAX_FILTER_TOKENS`: a watchlist is a few dozen tokens;
+    /// the cap keeps one subscription's cost to the hub small.
+    pub const WS_MAX_FILTER_TOKENS: u32 = 64;
+    /// Default of `WS_MAX_CONNECTIONS_PER_USER`: a user's tabs and devices fit;
+    /// a script opening hundreds does not.
+    pub const WS_MAX_CONNECTIONS_PER_USER: u32 = 32;
+    /// Default of `WS_PRESENCE_GRACE_MS`: a page reload or a network blip
+    /// reconnects within a few seconds and should not count as leaving.
+    pub const WS_PRESENCE_GRACE_MS: u64 = 5_000;
+    /// Upper bound of `JWT_MAX_LIFETIME_SECS`: ten years keeps `exp` in
+    /// milliseconds far below 2^53.
+    pub const JWT_MAX_LIFETIME_SECS_LIMIT: u64 = 10 * 366 * 24 * 3600;
 }
 
 /// Where Kafka is.
@@ -272,19 +284,6 @@ impl PublishArgs {
     }
 }
 
-/// Default of `WS_MAX_FILTER_TOKENS`: a watchlist is a few dozen tokens;
-/// the cap keeps one subscription's cost to the hub small.
-pub const DEFAULT_MAX_FILTER_TOKENS: u32 = 64;
-/// Default of `WS_MAX_CONNECTIONS_PER_USER`: a user's tabs and devices fit;
-/// a script opening hundreds does not.
-pub const DEFAULT_MAX_CONNECTIONS_PER_USER: u32 = 32;
-/// Default of `WS_PRESENCE_GRACE_MS`: a page reload or a network blip
-/// reconnects within a few seconds and should not count as leaving.
-pub const DEFAULT_PRESENCE_GRACE_MS: u64 = 5_000;
-/// Upper bound of `JWT_MAX_LIFETIME_SECS`: ten years keeps `exp` in
-/// milliseconds far below 2^53.
-pub const MAX_TOKEN_LIFETIME_SECS_LIMIT: u64 = 10 * 366 * 24 * 3600;
-
 fn default_instance_id() -> String {
     std::env::var("HOSTNAME")
         .ok()
@@ -334,7 +333,7 @@ pub struct WsArgs {
     /// How far in the future a token's `exp` may be, in seconds; tokens
     /// beyond are refused.
     #[arg(long, env = env::JWT_MAX_LIFETIME_SECS, default_value_t = crate::deliver::auth::DEFAULT_MAX_TOKEN_LIFETIME_SECS,
-          value_parser = clap::value_parser!(u64).range(1..=MAX_TOKEN_LIFETIME_SECS_LIMIT))]
+          value_parser = clap::value_parser!(u64).range(1..=defaults::JWT_MAX_LIFETIME_SECS_LIMIT))]
     pub jwt_max_lifetime_secs: u64,
     /// Allowed `Origin`s of WebSocket upgrades, comma-separated; `*` allows
     /// any. Requests without an Origin (non-browser clients) are allowed.
@@ -365,15 +364,15 @@ pub struct WsArgs {
     #[arg(long, env = env::WS_PRESENCE_EVENTS, default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub presence_events: bool,
     /// Most tokens in the `tokens` filter of a `prices` subscription.
-    #[arg(long, env = env::WS_MAX_FILTER_TOKENS, default_value_t = DEFAULT_MAX_FILTER_TOKENS, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, env = env::WS_MAX_FILTER_TOKENS, default_value_t = defaults::WS_MAX_FILTER_TOKENS, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_filter_tokens: u32,
     /// Most simultaneous connections authenticated as one user (per
     /// instance); a further one is refused with an error frame and closed.
-    #[arg(long, env = env::WS_MAX_CONNECTIONS_PER_USER, default_value_t = DEFAULT_MAX_CONNECTIONS_PER_USER, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = env::WS_MAX_CONNECTIONS_PER_USER, default_value_t = defaults::WS_MAX_CONNECTIONS_PER_USER, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections_per_user: u32,
     /// A user's `user.disconnected` waits this long after their last
     /// connection closed; reconnecting within it emits nothing.
-    #[arg(long, env = env::WS_PRESENCE_GRACE_MS, default_value_t = DEFAULT_PRESENCE_GRACE_MS, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    #[arg(long, env = env::WS_PRESENCE_GRACE_MS, default_value_t = defaults::WS_PRESENCE_GRACE_MS, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub presence_grace_ms: u64,
     /// The longest one write to a client may block; a client that does not
     /// read for this long is disconnected (no close frame can reach it).
@@ -383,7 +382,7 @@ pub struct WsArgs {
     /// user's tokens issued before it, in seconds; also how far back an
     /// instance reads the main topic for revocations at start-up.
     #[arg(long, env = env::REVOCATION_WINDOW_SECS, default_value_t = crate::deliver::revocation::DEFAULT_REVOCATION_WINDOW_SECS,
-          value_parser = clap::value_parser!(u64).range(1..=MAX_TOKEN_LIFETIME_SECS_LIMIT))]
+          value_parser = clap::value_parser!(u64).range(1..=defaults::JWT_MAX_LIFETIME_SECS_LIMIT))]
     pub revocation_window_secs: u64,
 }
 

@@ -72,7 +72,7 @@ impl Default for HubSettings {
         HubSettings {
             queue_capacity: 1024,
             max_connections: 100_000,
-            max_connections_per_user: crate::config::DEFAULT_MAX_CONNECTIONS_PER_USER as usize,
+            max_connections_per_user: crate::config::defaults::WS_MAX_CONNECTIONS_PER_USER as usize,
         }
     }
 }

@@ -121,7 +121,7 @@ impl Default for Limits {
             rate_burst: 40,
             dedup_window: 1024,
             max_consecutive_errors: 20,
-            max_filter_tokens: crate::config::DEFAULT_MAX_FILTER_TOKENS as usize,
+            max_filter_tokens: crate::config::defaults::WS_MAX_FILTER_TOKENS as usize,
             write_timeout: Duration::from_millis(crate::config::defaults::WS_WRITE_TIMEOUT_MS),
         }
     }
