@@ -40,23 +40,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Header names of the DLQ record format.
+/// Header names of the DLQ record format: the writer's own
+/// (`pipeline::dead_letter::headers`), plus the one `replay` adds.
 pub mod headers {
-    pub const ID: &str = "dlq.id";
-    pub const REASON: &str = "dlq.reason";
-    pub const MESSAGE: &str = "dlq.message";
-    pub const ERRORS: &str = "dlq.errors";
-    pub const SOURCE_TOPIC: &str = "dlq.source.topic";
-    pub const SOURCE_PARTITION: &str = "dlq.source.partition";
-    pub const SOURCE_OFFSET: &str = "dlq.source.offset";
-    pub const SOURCE_TIMESTAMP: &str = "dlq.source.timestamp";
-    pub const SOURCE_KEY: &str = "dlq.source.key";
-    pub const ATTEMPTS: &str = "dlq.attempts";
-    pub const FAILED_AT: &str = "dlq.failed_at";
-    pub const INSTANCE: &str = "dlq.instance";
-    pub const EVENT_TYPE: &str = "dlq.event_type";
-    pub const EVENT_ID: &str = "dlq.event_id";
-    pub const PAYLOAD_TRUNCATED: &str = "dlq.payload_truncated";
+    pub use crate::pipeline::dead_letter::headers::*;
     /// Added by `replay` on the re-published record.
     pub const REPLAYED_FROM: &str = "dlq.replayed-from";
 }

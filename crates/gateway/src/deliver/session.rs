@@ -230,20 +230,9 @@ struct Resuming {
 }
 
 /// Runs a connection to its end. `initial_token` comes from the query
-/// string or the Authorization header of the upgrade request.
+/// string or the Authorization header of the upgrade request; `remote` is
+/// the client's address (listed by `GET /api/connections`).
 pub async fn run(
-    socket: WebSocket,
-    hub: Hub,
-    auth: Authenticator,
-    limits: Limits,
-    initial_token: Option<String>,
-    shutdown: CancellationToken,
-) {
-    run_from(socket, hub, auth, limits, initial_token, shutdown, None).await
-}
-
-/// [`run`] for a client at `remote` (listed by `GET /api/connections`).
-pub async fn run_from(
     socket: WebSocket,
     hub: Hub,
     auth: Authenticator,

@@ -272,7 +272,7 @@ async fn websocket(
         .max_write_buffer_size(MAX_OUTBOUND_FRAME_BYTES)
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
-        .on_upgrade(move |socket| session::run_from(socket, app.hub, app.auth, app.limits, token, app.shutdown, remote))
+        .on_upgrade(move |socket| session::run(socket, app.hub, app.auth, app.limits, token, app.shutdown, remote))
 }
 
 /// The write buffer's cap must hold the largest frame we send whole (a frame

@@ -17,13 +17,18 @@ pub struct Delivered {
 /// An idempotent producer that waits for all in-sync replicas: a retry can
 /// neither duplicate nor reorder a user's events.
 pub fn create_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
-    Ok(super::client_config(brokers)
-        .set("enable.idempotence", "true")
+    Ok(producer_config(brokers).create()?)
+}
+
+/// The settings every producer of events (or dead letters) shares.
+fn producer_config(brokers: &str) -> rdkafka::ClientConfig {
+    let mut c = super::client_config(brokers);
+    c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "2")
         .set("compression.type", "gzip")
-        .set("message.timeout.ms", "30000")
-        .create()?)
+        .set("message.timeout.ms", "30000");
+    c
 }
 
 /// The DLQ's producer: like [`create_producer`], but its `message.max.bytes`
@@ -31,12 +36,7 @@ pub fn create_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
 /// record the main topic accepted is never refused by our own size check.
 pub fn create_dlq_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
     let max = super::admin::DLQ_MAX_MESSAGE_BYTES.to_string();
-    Ok(super::client_config(brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "2")
-        .set("compression.type", "gzip")
-        .set("message.timeout.ms", "30000")
+    Ok(producer_config(brokers)
         .set("message.max.bytes", &max)
         .set("batch.size", &max)
         .create()?)
