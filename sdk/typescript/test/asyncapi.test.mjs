@@ -59,7 +59,7 @@ test('asyncapi.yaml is a valid AsyncAPI 3.0 document', async () => {
 const payloadOf = (channel, name) => channel.messages().all().find((m) => m.name() === name)?.payload()?.json();
 const constType = (payload) => payload?.properties?.type?.const;
 
-test('the main topic carries the 11 event types, each referencing the JSON Schemas', async () => {
+test('the main topic carries the 12 event types, each referencing the JSON Schemas', async () => {
   const { document } = await parsed;
   const events = document.channels().get('events');
   assert.equal(events.address(), 'moonx.ws.events');

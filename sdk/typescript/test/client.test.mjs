@@ -43,7 +43,7 @@ function event(type, user, overrides = {}) {
   return createEvent(type, data, { source: 'sdk-test' });
 }
 
-test('factory events of all 11 types are accepted by POST /api/events and reach their channels', async () => {
+test('factory events of the 11 publishable types are accepted by POST /api/events and reach their channels; session.revoked is refused (admin_only)', async () => {
   const user = uid('u');
   const admin = uid('admin');
   const token = uid('TOK');
@@ -55,7 +55,11 @@ test('factory events of all 11 types are accepted by POST /api/events and reach 
   await sub(a, 'system');
   await sub(anon, 'prices', { tokens: [token] });
 
-  const events = EVENT_TYPES.map((t) => (t === 'price.updated' ? event(t, user, { token }) : event(t, user)));
+  // session.revoked is published only by POST /api/sessions/revoke (an admin credential), never by a publish key.
+  await assert.rejects(gw.publish([event('session.revoked', user)]), /publish: 400 .*admin_only/);
+  const publishable = EVENT_TYPES.filter((t) => t !== 'session.revoked');
+  assert.equal(publishable.length, 11);
+  const events = publishable.map((t) => (t === 'price.updated' ? event(t, user, { token }) : event(t, user)));
   const answer = await gw.publish(events);
   assert.equal(answer.published.length, 11);
   assert.deepEqual(answer.published.map((p) => p.eventId), events.map((e) => e.metadata.eventId), 'published as made, ids kept');
