@@ -205,6 +205,52 @@ test('resume after a network drop: no loss, no duplicate, recovered:true (needs 
   }
 });
 
+test('POST /api/sessions/revoke: close 4001 reaches the client as session_revoked; it reconnects only with a new token, and without getToken it closes', async () => {
+  const user = uid('rev');
+  const admin = gw.token(uid('admin'), { roles: ['admin'] });
+  let revokedAtMs = null;
+  const tokensGiven = [];
+  const revoked = [];
+  const c = client({
+    token: gw.token(user),
+    reconnect: { initialDelayMs: 50, maxDelayMs: 200 },
+    // A token the gateway accepts after the revocation: issued in a later second than it.
+    getToken: async () => {
+      await waitFor(() => revokedAtMs !== null && Math.floor(Date.now() / 1000) * 1000 > revokedAtMs, 'a second after the revocation', 5_000);
+      const t = gw.token(user, { iat: Math.floor(Date.now() / 1000) });
+      tokensGiven.push(t);
+      return t;
+    },
+    onSessionRevoked: (e) => revoked.push(e),
+  });
+  const noRefresh = client({ token: gw.token(user), reconnect: { initialDelayMs: 50 }, onError: (e) => noRefresh.errors.push(e) });
+  await Promise.all([c.connect(), noRefresh.connect()]);
+  await sub(c, 'orders');
+  await sub(noRefresh, 'orders');
+
+  const res = await fetch(`${gw.http}/api/sessions/revoke`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${admin}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ userId: user, reason: 'sdk test' }),
+  });
+  assert.equal(res.status, 200, await res.clone().text());
+  const answer = await res.json();
+  assert.equal(answer.closedConnections, 2);
+  revokedAtMs = Date.now();
+
+  await waitFor(() => noRefresh.state === 'closed', 'the client without getToken to close', 10_000);
+  assert.equal(noRefresh.errors.at(-1)?.code, 'session_revoked');
+  await waitFor(() => revoked.length === 1, 'onSessionRevoked', 10_000);
+  assert.equal(revoked[0].code, 'session_revoked');
+  assert.match(revoked[0].message, /4001/);
+  await waitFor(() => c.state === 'open' && c.identity?.userId === user && tokensGiven.length === 1, 'the reconnect with the new token', 15_000);
+  const e = event('order.created', user);
+  await gw.publish([e]);
+  await waitFor(() => ids(c, 'orders').includes(e.metadata.eventId), 'an order after the new sign-in', 10_000);
+  assert.equal(tokensGiven.length, 1, 'one new token, accepted at once');
+  assert.equal(revoked.length, 1);
+});
+
 test('reconnect after the server closes the socket (restart): re-auth, re-subscribe, the possible gap reported', async () => {
   const own = await startGateway();
   const user = uid('rst');
