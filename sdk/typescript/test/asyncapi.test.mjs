@@ -18,24 +18,47 @@ const sorted = (xs) => [...new Set(xs)].sort();
 const eventTypeRs = rust('crates/events/src/event_type.rs');
 const deliverRs = rust('crates/gateway/src/deliver/mod.rs');
 const protocolRs = rust('crates/gateway/src/deliver/protocol.rs');
+const sessionRs = rust('crates/gateway/src/deliver/session.rs');
 const parseFn = protocolRs.slice(protocolRs.indexOf('pub fn parse('), protocolRs.indexOf('fn with_id('));
+// The code outside the unit tests (whose literals are inputs, not what the server sends).
+const protocolCode = protocolRs.slice(0, protocolRs.indexOf('#[cfg(test)]'));
+// Server frames are built by the constructors: a `json!({"type": …})` value,
+// or the event frame's leading bytes (`extend_from_slice(b"{\"type\":\"event\"…`).
+// A `{"type":…}` inside an error message's text is not a frame and is not read.
+const serverTypes = [
+  ...all(/json!\(\{"type": "(\w+)"/g, protocolCode),
+  ...all(/extend_from_slice\(b"\{\\"type\\":\\"(\w+)\\"/g, protocolCode),
+];
+// Close codes: the ones every `Disconnect` value of session.rs sends, each
+// name resolved to its number (the `close_code` module, or a const of session.rs).
+const u16Consts = (text) => Object.fromEntries([...text.matchAll(/const (\w+): u16 = (\d+);/g)].map((m) => [m[1], Number(m[2])]));
+const closeCodeModule = protocolRs.slice(protocolRs.indexOf('pub mod close_code'), protocolRs.indexOf('}', protocolRs.indexOf('pub mod close_code')));
+const closeConsts = { ...u16Consts(sessionRs), ...Object.fromEntries(Object.entries(u16Consts(closeCodeModule)).map(([k, v]) => [`close_code::${k}`, v])) };
+const disconnectCodes = all(/Disconnect \{ code: Some\(([\w:]+)\)/g, sessionRs).map((name) => {
+  assert.ok(name in closeConsts, `close code ${name} resolved`);
+  return closeConsts[name];
+});
 const RUST = {
   eventTypes: sorted(all(/EventType::\w+ => "([^"]+)"/g, eventTypeRs)),
   channels: sorted(all(/Channel::\w+ => "([^"]+)"/g, deliverRs)),
   errorCodes: sorted(all(/ErrorCode::\w+ => "([^"]+)"/g, protocolRs)),
-  closeCodes: sorted(all(/pub const \w+: u16 = (\d+);/g, protocolRs).map(Number)),
+  closeCodes: sorted([...Object.values(u16Consts(closeCodeModule)), ...disconnectCodes]),
+  disconnectCodes: sorted(disconnectCodes),
   clientTypes: sorted(all(/^\s*"(\w+)" =>/gm, parseFn)),
   clientFields: sorted(all(/^\s*(\w+): Option<Value>,/gm, protocolRs.slice(protocolRs.indexOf('struct Raw'))).map((f) => (f === 'kind' ? 'type' : f))),
-  serverTypes: sorted([...all(/json!\(\{"type": "(\w+)"/g, protocolRs), ...all(/\\"type\\":\\"(\w+)\\"/g, protocolRs)]),
+  serverTypes: sorted(serverTypes),
   eventHeaders: sorted(all(/pub const \w+: &str = "([^"]+)";/g, rust('crates/gateway/src/kafka/mod.rs'))),
   dlqHeaders: sorted(all(/pub const \w+: &str = "(dlq\.[^"]+)";/g, rust('crates/gateway/src/pipeline/dead_letter.rs'))),
 };
 
 test('the Rust sources were read (the regexes still match the code)', () => {
-  assert.equal(RUST.eventTypes.length, 11);
+  assert.equal(RUST.eventTypes.length, 12);
+  assert.ok(RUST.eventTypes.includes('session.revoked'));
   assert.deepEqual(RUST.channels, ['orders', 'portfolio', 'prices', 'system', 'trades']);
   assert.ok(RUST.errorCodes.length >= 7, RUST.errorCodes.join());
-  assert.ok(RUST.closeCodes.includes(3008));
+  assert.ok(RUST.closeCodes.includes(3008) && RUST.closeCodes.includes(4001), RUST.closeCodes.join());
+  assert.ok(RUST.disconnectCodes.includes(1002) && RUST.disconnectCodes.includes(1007), RUST.disconnectCodes.join());
+  assert.deepEqual(RUST.serverTypes, ['authenticated', 'error', 'event', 'pong', 'subscribed', 'unsubscribed']);
   assert.deepEqual(RUST.clientTypes, ['auth', 'ping', 'subscribe', 'unsubscribe']);
   assert.ok(RUST.clientFields.includes('channel') && RUST.clientFields.includes('tokens'), RUST.clientFields.join());
   assert.ok(RUST.serverTypes.includes('event') && RUST.serverTypes.includes('subscribed'), RUST.serverTypes.join());
@@ -59,7 +82,7 @@ test('asyncapi.yaml is a valid AsyncAPI 3.0 document', async () => {
 const payloadOf = (channel, name) => channel.messages().all().find((m) => m.name() === name)?.payload()?.json();
 const constType = (payload) => payload?.properties?.type?.const;
 
-test('the main topic carries the 11 event types, each referencing the JSON Schemas', async () => {
+test('the main topic carries the 12 event types, each referencing the JSON Schemas', async () => {
   const { document } = await parsed;
   const events = document.channels().get('events');
   assert.equal(events.address(), 'moonx.ws.events');

@@ -134,3 +134,56 @@ test('a server that never completes the upgrade: the client gives up on the atte
     await new Promise((r) => srv.close(r));
   }
 });
+
+test('close 4001 (session revoked): never retried with the same token; a new token from getToken reconnects, none closes the client', async () => {
+  const srv = await scripted();
+  const revoked = [];
+  let next = 't2';
+  const c = new MoonxClient({ url: srv.url, token: 't1', getToken: () => next, reconnect: { initialDelayMs: 20, maxDelayMs: 50 }, onSessionRevoked: (e) => revoked.push(e) });
+  try {
+    await c.connect();
+    await c.subscribe('orders', () => {});
+    srv.conns[0].ws.close(4001, 'session revoked');
+    await waitFor(() => srv.conns.length === 2 && srv.conns[1].received.length >= 2, 'a reconnect with the new token');
+    assert.equal(revoked.length, 1);
+    assert.equal(revoked[0].code, 'session_revoked');
+    assert.deepEqual(srv.conns[1].received.map((m) => m.type), ['auth', 'subscribe']);
+    assert.equal(srv.conns[1].received[0].token, 't2', 'the new token, never the revoked one');
+    next = 't2'; // the app has no new token: the same one must not be tried
+    srv.conns[1].ws.close(4001, 'session revoked');
+    await waitFor(() => c.state === 'closed', 'the client closes');
+    assert.equal(revoked.length, 2);
+    assert.equal(srv.conns.length, 2, 'no reconnect with the revoked token');
+  } finally {
+    c.close();
+    await srv.close();
+  }
+
+  const srv2 = await scripted();
+  const errors = [];
+  const c2 = new MoonxClient({ url: srv2.url, token: 't1', reconnect: { initialDelayMs: 20 }, onError: (e) => errors.push(e) });
+  try {
+    await c2.connect();
+    srv2.conns[0].ws.close(4001, 'session revoked');
+    await waitFor(() => c2.state === 'closed', 'without getToken the client closes');
+    assert.equal(errors.at(-1).code, 'session_revoked');
+    assert.equal(srv2.conns.length, 1);
+  } finally {
+    c2.close();
+    await srv2.close();
+  }
+});
+
+test('close 3008 is still a reconnect with the same token', async () => {
+  const srv = await scripted();
+  const c = new MoonxClient({ url: srv.url, token: 't1', reconnect: { initialDelayMs: 20 } });
+  try {
+    await c.connect();
+    srv.conns[0].ws.close(3008, 'slow consumer: queue overflowed');
+    await waitFor(() => srv.conns.length === 2 && srv.conns[1].received.length >= 1, 'the reconnect');
+    assert.equal(srv.conns[1].received[0].token, 't1');
+  } finally {
+    c.close();
+    await srv.close();
+  }
+});

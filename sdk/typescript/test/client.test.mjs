@@ -43,7 +43,7 @@ function event(type, user, overrides = {}) {
   return createEvent(type, data, { source: 'sdk-test' });
 }
 
-test('factory events of all 11 types are accepted by POST /api/events and reach their channels', async () => {
+test('factory events of the 11 publishable types are accepted by POST /api/events and reach their channels; session.revoked is refused (admin_only)', async () => {
   const user = uid('u');
   const admin = uid('admin');
   const token = uid('TOK');
@@ -55,7 +55,11 @@ test('factory events of all 11 types are accepted by POST /api/events and reach 
   await sub(a, 'system');
   await sub(anon, 'prices', { tokens: [token] });
 
-  const events = EVENT_TYPES.map((t) => (t === 'price.updated' ? event(t, user, { token }) : event(t, user)));
+  // session.revoked is published only by POST /api/sessions/revoke (an admin credential), never by a publish key.
+  await assert.rejects(gw.publish([event('session.revoked', user)]), /publish: 400 .*admin_only/);
+  const publishable = EVENT_TYPES.filter((t) => t !== 'session.revoked');
+  assert.equal(publishable.length, 11);
+  const events = publishable.map((t) => (t === 'price.updated' ? event(t, user, { token }) : event(t, user)));
   const answer = await gw.publish(events);
   assert.equal(answer.published.length, 11);
   assert.deepEqual(answer.published.map((p) => p.eventId), events.map((e) => e.metadata.eventId), 'published as made, ids kept');
@@ -199,6 +203,52 @@ test('resume after a network drop: no loss, no duplicate, recovered:true (needs 
     c.close();
     await proxy.close();
   }
+});
+
+test('POST /api/sessions/revoke: close 4001 reaches the client as session_revoked; it reconnects only with a new token, and without getToken it closes', async () => {
+  const user = uid('rev');
+  const admin = gw.token(uid('admin'), { roles: ['admin'] });
+  let revokedAtMs = null;
+  const tokensGiven = [];
+  const revoked = [];
+  const c = client({
+    token: gw.token(user),
+    reconnect: { initialDelayMs: 50, maxDelayMs: 200 },
+    // A token the gateway accepts after the revocation: issued in a later second than it.
+    getToken: async () => {
+      await waitFor(() => revokedAtMs !== null && Math.floor(Date.now() / 1000) * 1000 > revokedAtMs, 'a second after the revocation', 5_000);
+      const t = gw.token(user, { iat: Math.floor(Date.now() / 1000) });
+      tokensGiven.push(t);
+      return t;
+    },
+    onSessionRevoked: (e) => revoked.push(e),
+  });
+  const noRefresh = client({ token: gw.token(user), reconnect: { initialDelayMs: 50 }, onError: (e) => noRefresh.errors.push(e) });
+  await Promise.all([c.connect(), noRefresh.connect()]);
+  await sub(c, 'orders');
+  await sub(noRefresh, 'orders');
+
+  const res = await fetch(`${gw.http}/api/sessions/revoke`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${admin}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ userId: user, reason: 'sdk test' }),
+  });
+  assert.equal(res.status, 200, await res.clone().text());
+  const answer = await res.json();
+  assert.equal(answer.closedConnections, 2);
+  revokedAtMs = Date.now();
+
+  await waitFor(() => noRefresh.state === 'closed', 'the client without getToken to close', 10_000);
+  assert.equal(noRefresh.errors.at(-1)?.code, 'session_revoked');
+  await waitFor(() => revoked.length === 1, 'onSessionRevoked', 10_000);
+  assert.equal(revoked[0].code, 'session_revoked');
+  assert.match(revoked[0].message, /4001/);
+  await waitFor(() => c.state === 'open' && c.identity?.userId === user && tokensGiven.length === 1, 'the reconnect with the new token', 15_000);
+  const e = event('order.created', user);
+  await gw.publish([e]);
+  await waitFor(() => ids(c, 'orders').includes(e.metadata.eventId), 'an order after the new sign-in', 10_000);
+  assert.equal(tokensGiven.length, 1, 'one new token, accepted at once');
+  assert.equal(revoked.length, 1);
 });
 
 test('reconnect after the server closes the socket (restart): re-auth, re-subscribe, the possible gap reported', async () => {

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import {
   createEvent, createPriceUpdatedEvent, createOrderCreatedEvent, createOrderUpdatedEvent, createOrderCancelledEvent,
   createPortfolioUpdatedEvent, createTradeExecutedEvent, createTradeFailedEvent, createUserConnectedEvent,
-  createUserDisconnectedEvent, createSystemHealthCheckEvent, createSystemErrorEvent, EventFactory, EventValidationError,
+  createUserDisconnectedEvent, createSystemHealthCheckEvent, createSystemErrorEvent, createSessionRevokedEvent, EventFactory, EventValidationError,
   TypeRegistry, partitionKey, validateEvent, parseJsonTree, canonicalJson, EVENT_TYPES, DEFAULT_CLASSIFICATION, migrateLegacy,
 } from '../dist/events/index.js';
 
@@ -14,11 +14,12 @@ const HELPERS = {
   'price.updated': createPriceUpdatedEvent, 'order.created': createOrderCreatedEvent, 'order.updated': createOrderUpdatedEvent,
   'order.cancelled': createOrderCancelledEvent, 'portfolio.updated': createPortfolioUpdatedEvent, 'trade.executed': createTradeExecutedEvent,
   'trade.failed': createTradeFailedEvent, 'user.connected': createUserConnectedEvent, 'user.disconnected': createUserDisconnectedEvent,
-  'system.health_check': createSystemHealthCheckEvent, 'system.error': createSystemErrorEvent,
+  'session.revoked': createSessionRevokedEvent, 'system.health_check': createSystemHealthCheckEvent, 'system.error': createSystemErrorEvent,
 };
 
 test('a helper per built-in type fills the metadata and the result is valid', () => {
-  assert.equal(Object.keys(HELPERS).length, 11);
+  assert.equal(Object.keys(HELPERS).length, 12);
+  assert.deepEqual(Object.keys(HELPERS).sort(), [...EVENT_TYPES].sort());
   for (const type of EVENT_TYPES) {
     const e = HELPERS[type](SAMPLE_DATA[type], { source: 'sdk-test' });
     assert.equal(e.metadata.eventType, type);
@@ -36,6 +37,8 @@ test('partition keys follow the strategy', () => {
   assert.equal(createPriceUpdatedEvent(SAMPLE_DATA['price.updated']).metadata.partition, 'prices');
   assert.equal(createSystemErrorEvent(SAMPLE_DATA['system.error']).metadata.partition, 'system');
   assert.equal(createOrderCreatedEvent(SAMPLE_DATA['order.created']).metadata.partition, 'user-456');
+  assert.equal(createSessionRevokedEvent(SAMPLE_DATA['session.revoked']).metadata.partition, 'user-456');
+  assert.equal(createSessionRevokedEvent(SAMPLE_DATA['session.revoked']).metadata.dataClassification, 'internal');
   assert.equal(partitionKey('order.created'), 'order.created');
   const r = new TypeRegistry().register({ name: 'reward.granted', defaultClassification: 'confidential' }).register({ name: 'market.opened', defaultClassification: 'public' });
   assert.equal(partitionKey('reward.granted', 'u9', r), 'u9');

@@ -54,9 +54,9 @@ export async function startGateway({ mode = 'dev', port = 0, env = {}, secret, a
     secret,
     apiKey,
     log: () => log,
-    /** A HS256 JWT for `sub`, valid for `ttlSec`. */
-    token(sub, { roles = [], ttlSec = 3600 } = {}) {
-      return signJwt({ sub, roles, exp: Math.floor(Date.now() / 1000) + ttlSec }, secret);
+    /** A HS256 JWT for `sub`, valid for `ttlSec`; with `iat` (seconds) when given. */
+    token(sub, { roles = [], ttlSec = 3600, iat } = {}) {
+      return signJwt({ sub, roles, exp: Math.floor(Date.now() / 1000) + ttlSec, ...(iat === undefined ? {} : { iat }) }, secret);
     },
     /** POST /api/events; returns the parsed answer (throws on a non-2xx). */
     async publish(body) {

@@ -2,7 +2,7 @@
 // = metadata.partition, the gateway's headers), are consumed by a real
 // `moonx-ws serve` and reach the entitled WebSocket client; an event the
 // TypeScript validator refuses is dead-lettered by the gateway with the same
-// (path, code) errors. Needs the broker at KAFKA_BROKERS (default
+// (path, code) errors in its `dlq.errors` header, the original value kept. Needs the broker at KAFKA_BROKERS (default
 // 127.0.0.1:9092); topics are unique per run.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -87,15 +87,25 @@ test('what validateEvent refuses, the gateway dead-letters with the same errors'
   const letters = [];
   await consumer.connect();
   await consumer.subscribe({ topic: DLQ, fromBeginning: true });
-  await consumer.run({ eachMessage: async ({ message }) => letters.push({ headers: message.headers, body: JSON.parse(message.value.toString()) }) });
+  // Kafka Connect's dead-letter shape: the value is the original bytes, the failure is in the dlq.* headers.
+  const text = (h) => (h === undefined ? undefined : String(h));
+  await consumer.run({ eachMessage: async ({ message }) => letters.push({ key: message.key?.toString(), headers: message.headers, value: message.value }) });
   try {
-    await producer.send({ topic: MAIN, messages: [record(bad)] });
-    await waitFor(() => letters.some((l) => l.body.eventId === e.metadata.eventId || l.body.payloadText?.includes(e.metadata.eventId)), 'the dead letter', 30_000);
-    const letter = letters.find((l) => l.body.payloadText?.includes(e.metadata.eventId));
-    assert.equal(letter.body.reason, 'invalid_event');
-    assert.equal(String(letter.headers['dlq.reason']), 'invalid_event');
+    const original = record(bad);
+    await producer.send({ topic: MAIN, messages: [original] });
+    await waitFor(() => letters.some((l) => text(l.headers['dlq.event_id']) === e.metadata.eventId), 'the dead letter', 30_000);
+    const letter = letters.find((l) => text(l.headers['dlq.event_id']) === e.metadata.eventId);
+    assert.equal(letter.value.toString(), original.value, 'the value is the original record, byte for byte');
+    assert.equal(letter.key, original.key, 'the original key');
+    assert.equal(text(letter.headers.eventType), 'price.updated', 'the original headers are kept');
+    assert.equal(text(letter.headers['dlq.reason']), 'invalid_event');
+    assert.equal(text(letter.headers['dlq.event_type']), 'price.updated');
+    assert.equal(text(letter.headers['dlq.source.topic']), MAIN);
+    assert.match(text(letter.headers['dlq.id']), new RegExp(`^${MAIN.replace(/\./g, '\\.')}/\\d+/\\d+$`));
+    const errors = JSON.parse(text(letter.headers['dlq.errors']));
     const set = (errs) => errs.map((x) => `${x.path} ${x.code}`).sort();
-    assert.deepEqual(set(letter.body.errors), set(ours.errors));
+    assert.deepEqual(set(errors), set(ours.errors));
+    for (const x of errors) assert.ok(typeof x.message === 'string' && x.message.length > 0, `${x.path}: a message`);
   } finally {
     await consumer.disconnect();
   }

@@ -10,6 +10,7 @@ export const SAMPLE_DATA = {
   'trade.failed': { orderId: 'o-2', userId: user, tokenIn: 'ETH', tokenOut: 'USDT', amountIn: '1.0', chainId: 1, reason: 'slippage' },
   'user.connected': { userId: user, connectionId: 'c-1', instanceId: 'gw-1' },
   'user.disconnected': { userId: user, connectionId: 'c-1', instanceId: 'gw-1', durationMs: 1200 },
+  'session.revoked': { userId: user, revokedAt: 1764000000000, reason: 'account compromised', revokedBy: 'ops-admin' },
   'system.health_check': { service: 'price-service', status: 'healthy', uptimeSeconds: 60 },
   'system.error': { service: 'price-service', errorCode: 'E42', message: 'feed stalled', severity: 'warning' },
 };

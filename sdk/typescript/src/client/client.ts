@@ -11,7 +11,11 @@
  *   `recovered: true` to a resume, or a private channel re-subscribed with no
  *   position, is reported through `onResumeFailed` so the app refetches;
  * - a dead connection is detected by ping/pong and replaced; a
- *   `slow_consumer` error or a 3008 close is a reconnect, never the end.
+ *   `slow_consumer` error or a 3008 close is a reconnect, never the end;
+ * - a 4001 close (an operator revoked the user's sessions) is never retried
+ *   with the same token: it is reported as a `session_revoked` error
+ *   (`onSessionRevoked`), and the client reconnects only once `getToken`
+ *   returns a different token; without one the client closes.
  */
 import type { AnyEvent } from '../events/types.js';
 import { MoonxClientError, MoonxServerError } from './errors.js';
@@ -24,6 +28,9 @@ import {
   type RequestId,
   type ServerMessage,
 } from './protocol.js';
+
+/** The code of our own close after a missing pong (private range; 4001 is the server's `session revoked`). */
+const NO_PONG_CLOSE_CODE = 4002;
 
 /** The part of the WebSocket API the client uses (browser `WebSocket` and `ws` both have it). */
 export interface WebSocketLike {
@@ -76,6 +83,13 @@ export interface ClientOptions {
   onResumeFailed?: (info: ResumeFailure) => void;
   /** A channel resumed with proof that nothing was missed (`recovered:true`); `missed` events follow. */
   onResumed?: (info: { channel: Channel; missed: number }) => void;
+  /**
+   * The server closed with 4001: an operator revoked the user's sessions and
+   * the current token is refused. The user must sign in again: the client
+   * reconnects only after `getToken` returns a new token; without `getToken`,
+   * or if it returns no token or the same one, the client closes.
+   */
+  onSessionRevoked?: (error: MoonxClientError) => void;
   /** Errors that belong to no request (server notices, handler failures, refresh failures). */
   onError?: (error: Error) => void;
   onStateChange?: (state: ClientState) => void;
@@ -411,6 +425,10 @@ export class MoonxClient {
     for (const st of this.channels.values()) st.active = false;
     this.failPending(new MoonxClientError('disconnected', `the connection closed (${code}${reason ? ' ' + reason : ''})`));
     if (this.stateValue === 'closed') return;
+    if (code === CLOSE_CODES.SESSION_REVOKED) {
+      void this.afterRevocation(new MoonxClientError('session_revoked', `the session was revoked (${code}${reason ? ' ' + reason : ''}): sign in again`));
+      return;
+    }
     if (this.reconnectOpts === false) {
       const e = new MoonxClientError('disconnected', `the connection closed (${code}${reason ? ' ' + reason : ''}) and reconnect is off`);
       this.fatal(e);
@@ -420,6 +438,37 @@ export class MoonxClient {
       // We fell behind: reconnect and resume where we were.
       this.attempt = 0;
     }
+    this.scheduleReconnect();
+  }
+
+  /**
+   * A 4001 close: the token is dead. Report it, then reconnect only with a
+   * different token from `getToken`; otherwise the client ends.
+   */
+  private async afterRevocation(e: MoonxClientError): Promise<void> {
+    const revoked = this.token;
+    this.token = null;
+    this.opts.onSessionRevoked?.(e);
+    if (!this.opts.getToken || this.reconnectOpts === false) {
+      this.fatal(e);
+      return;
+    }
+    this.setState('reconnecting');
+    try {
+      await this.refreshToken();
+    } catch (refreshFailed) {
+      this.opts.onError?.(refreshFailed as Error);
+      this.fatal(e);
+      return;
+    }
+    if (this.stateValue === 'closed') return;
+    if (this.token === null || this.token === revoked) {
+      this.token = null;
+      this.fatal(e);
+      return;
+    }
+    this.opts.onError?.(e);
+    this.attempt = 0;
     this.scheduleReconnect();
   }
 
@@ -463,7 +512,7 @@ export class MoonxClient {
       if (!socket || !this.isOpen()) return;
       this.request({ type: 'ping' }, this.opts.pongTimeoutMs).catch((e) => {
         if (e instanceof MoonxClientError && e.code === 'timeout' && socket === this.socket) {
-          this.dropSocket(socket, 4001, 'no pong');
+          this.dropSocket(socket, NO_PONG_CLOSE_CODE, 'no pong');
         }
       });
     }, this.opts.pingIntervalMs);

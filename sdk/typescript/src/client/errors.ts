@@ -26,7 +26,12 @@ export type ClientErrorCode =
   /** A subscription handler threw. */
   | 'handler_failed'
   /** The token callback failed. */
-  | 'token_refresh_failed';
+  | 'token_refresh_failed'
+  /**
+   * The server closed with 4001: an operator revoked the user's sessions.
+   * The token is refused from now on; the user must sign in again.
+   */
+  | 'session_revoked';
 
 export class MoonxClientError extends Error {
   constructor(

@@ -17,7 +17,7 @@ export interface ChannelEventMap {
   orders: EventEnvelope<'order.created'> | EventEnvelope<'order.updated'> | EventEnvelope<'order.cancelled'>;
   portfolio: EventEnvelope<'portfolio.updated'>;
   trades: EventEnvelope<'trade.executed'> | EventEnvelope<'trade.failed'>;
-  system: EventEnvelope<'user.connected'> | EventEnvelope<'user.disconnected'> | EventEnvelope<'system.health_check'> | EventEnvelope<'system.error'>;
+  system: EventEnvelope<'user.connected'> | EventEnvelope<'user.disconnected'> | EventEnvelope<'session.revoked'> | EventEnvelope<'system.health_check'> | EventEnvelope<'system.error'>;
 }
 
 /** Stable codes of `{"type":"error"}` frames. */
@@ -34,14 +34,20 @@ export type ServerErrorCode = (typeof SERVER_ERROR_CODES)[number];
 
 /** WebSocket close codes the server uses. */
 export const CLOSE_CODES = {
-  /** Server shutting down. */
+  /** Server shutting down (or closing the connection itself). */
   GOING_AWAY: 1001,
+  /** The client broke the WebSocket protocol (RFC 6455). */
+  PROTOCOL_ERROR: 1002,
+  /** A text frame that is not valid UTF-8 (RFC 6455). */
+  INVALID_PAYLOAD: 1007,
   /** Persistent misbehaviour (too many invalid messages in a row). */
   POLICY_VIOLATION: 1008,
   /** A frame above the hard size cap. */
   MESSAGE_TOO_BIG: 1009,
-  /** The client could not keep up. */
+  /** The client could not keep up: reconnect and resume. */
   SLOW_CONSUMER: 3008,
+  /** An operator revoked the user's sessions: the same token is refused; sign in again (a new token works). */
+  SESSION_REVOKED: 4001,
 } as const;
 
 /** The message types a client sends. */

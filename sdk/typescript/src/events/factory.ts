@@ -20,6 +20,7 @@ import type {
   OrderUpdatedData,
   PortfolioUpdatedData,
   PriceUpdatedData,
+  SessionRevokedData,
   SystemErrorData,
   SystemHealthCheckData,
   TradeExecutedData,
@@ -106,5 +107,6 @@ export const createTradeExecutedEvent = (data: TradeExecutedData, options?: Even
 export const createTradeFailedEvent = (data: TradeFailedData, options?: EventOptions) => createEvent('trade.failed', data, options);
 export const createUserConnectedEvent = (data: UserConnectedData, options?: EventOptions) => createEvent('user.connected', data, options);
 export const createUserDisconnectedEvent = (data: UserDisconnectedData, options?: EventOptions) => createEvent('user.disconnected', data, options);
+export const createSessionRevokedEvent = (data: SessionRevokedData, options?: EventOptions) => createEvent('session.revoked', data, options);
 export const createSystemHealthCheckEvent = (data: SystemHealthCheckData, options?: EventOptions) => createEvent('system.health_check', data, options);
 export const createSystemErrorEvent = (data: SystemErrorData, options?: EventOptions) => createEvent('system.error', data, options);

@@ -1,6 +1,6 @@
 /**
  * `@moonx/ws-sdk/events`: the event contract for producers. Types of the
- * envelope and the 11 event types, the factory and its helpers, validation
+ * envelope and the 12 event types, the factory and its helpers, validation
  * with the Rust model's error paths and codes, the partition-key strategy,
  * and legacy migration with the same deterministic ids.
  */

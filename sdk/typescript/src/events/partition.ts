@@ -4,7 +4,7 @@
  *
  * | event types | key |
  * |---|---|
- * | `order.*`, `portfolio.updated`, `trade.*`, `user.*` | `userId` |
+ * | `order.*`, `portfolio.updated`, `trade.*`, `user.*`, `session.revoked` | `userId` |
  * | `price.updated` | `"prices"` |
  * | `system.*` | `"system"` |
  * | registered custom types | their rule (default: `userId` for owned data, else the type name) |
@@ -34,6 +34,7 @@ export function partitionKey(eventType: string, userId?: string | null, registry
     case 'trade.failed':
     case 'user.connected':
     case 'user.disconnected':
+    case 'session.revoked':
       return byUser();
   }
   const rule = registry.get(eventType)?.partitionRule;

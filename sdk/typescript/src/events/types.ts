@@ -1,5 +1,5 @@
 /**
- * The event contract's types (SPEC §3): the envelope, the 11 built-in event
+ * The event contract's types (SPEC §3): the envelope, the 12 built-in event
  * types with their `data`, and the classifications. Field names and value
  * sets mirror `crates/events/src/payload.rs` and `validate.rs`.
  */
@@ -9,7 +9,7 @@ export const DLQ_TOPIC = 'moonx.ws.events.dlq';
 /** The pre-envelope topics, in the order price, order, portfolio, trade. */
 export const LEGACY_TOPICS = ['moonx.price.updates', 'moonx.order.updates', 'moonx.portfolio.updates', 'moonx.trade.updates'] as const;
 
-/** The 11 built-in types, in the order of the specification. */
+/** The 12 built-in types, in the order of the specification. */
 export const EVENT_TYPES = [
   'price.updated',
   'order.created',
@@ -20,6 +20,7 @@ export const EVENT_TYPES = [
   'trade.failed',
   'user.connected',
   'user.disconnected',
+  'session.revoked',
   'system.health_check',
   'system.error',
 ] as const;
@@ -144,6 +145,16 @@ export interface UserDisconnectedData {
   reason?: string;
   durationMs?: UInt;
 }
+/** `session.revoked`: an operator revoked every session of a user (`POST /api/sessions/revoke`). */
+export interface SessionRevokedData {
+  userId: string;
+  /** Milliseconds since the epoch: tokens issued at or before it (and tokens without `iat`) are refused. */
+  revokedAt: UInt;
+  reason?: string;
+  revokedBy?: string;
+  /** The gateway instance that took the request. */
+  instanceId?: string;
+}
 export interface SystemHealthCheckData {
   service: string;
   status: HealthStatus;
@@ -169,6 +180,7 @@ export interface EventDataMap {
   'trade.failed': TradeFailedData;
   'user.connected': UserConnectedData;
   'user.disconnected': UserDisconnectedData;
+  'session.revoked': SessionRevokedData;
   'system.health_check': SystemHealthCheckData;
   'system.error': SystemErrorData;
 }
@@ -193,6 +205,7 @@ export const DEFAULT_CLASSIFICATION: Readonly<Record<EventType, DataClassificati
   'trade.failed': 'confidential',
   'user.connected': 'internal',
   'user.disconnected': 'internal',
+  'session.revoked': 'internal',
   'system.health_check': 'internal',
   'system.error': 'internal',
 };

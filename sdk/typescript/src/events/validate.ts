@@ -61,7 +61,7 @@ export interface ValidationResult {
 }
 
 export interface ValidateOptions {
-  /** Custom types that are valid besides the 11 built-in ones. */
+  /** Custom types that are valid besides the 12 built-in ones. */
   registry?: TypeRegistry;
   /** "Now" for the future-timestamp check (ms); `null` skips that check. Default: `Date.now()`. */
   nowMs?: number | null;
@@ -298,6 +298,7 @@ const DATA_FIELDS: Readonly<Record<EventType, readonly Field[]>> = {
   'user.connected': [req('userId', Text), req('connectionId', Text), req('instanceId', Text)],
   'user.disconnected': [req('userId', Text), req('connectionId', Text), req('instanceId', Text), opt('reason', Text), opt('durationMs', UInt)],
   'system.health_check': [req('service', Text), req('status', OneOf(HEALTH_STATUSES)), opt('uptimeSeconds', UInt), opt('details', ObjectKind)],
+  'session.revoked': [req('userId', Text), req('revokedAt', UInt), opt('reason', Text), opt('revokedBy', Text), opt('instanceId', Text)],
   'system.error': [req('service', Text), req('errorCode', Text), req('message', Text), req('severity', OneOf(SEVERITIES)), opt('details', ObjectKind)],
 };
 
