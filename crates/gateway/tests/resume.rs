@@ -460,3 +460,71 @@ async fn embedded_mode_resumes_within_the_process_and_not_across_restarts() {
     let reply = resume(&mut c, "orders", &pos).await;
     assert_eq!((reply["recovered"].clone(), reply["missed"].clone()), (json!(false), json!(0)), "another epoch: {reply}");
 }
+
+/// A client that re-subscribes its channels at once (as the SDK and the
+/// bench do after a reconnect), each with `since`, while the first waits for
+/// Kafka: every channel gets its own `subscribed` reply, recovered, with
+/// exactly its missed events, in the order the subscriptions were asked.
+#[tokio::test(flavor = "multi_thread")]
+async fn several_channels_resumed_at_once_from_kafka_each_get_their_missed_events() {
+    let topics = create_topics("resume-many").await;
+    let gw = Gateway::start(GatewayConfig { extra_env: resume_env(&[("RESUME_WINDOW_EVENTS", "1")]), ..GatewayConfig::new(&topics) });
+    gw.wait_healthy().await;
+    let p = producer();
+    let user = "multi";
+    // One live event per channel, to learn each channel's position.
+    let mut c = Client::authed(&gw.ws_url(), user, &[]).await;
+    for ch in ["orders", "trades", "portfolio"] {
+        c.subscribe(ch).await;
+    }
+    let firsts = [
+        sample_event("order.created", user, 0),
+        sample_event("trade.executed", user, 0),
+        sample_event("portfolio.updated", user, 0),
+    ];
+    for e in &firsts {
+        moonx_ws::kafka::producer::send_event(&p, &topics.main, e).await.unwrap();
+    }
+    let mut pos = std::collections::HashMap::new();
+    for f in events(&mut c, 3).await {
+        pos.insert(f["channel"].as_str().unwrap().to_owned(), f["pos"].as_str().unwrap().to_owned());
+    }
+    drop(c);
+    // Missed while away: 20 orders, 10 trades, 5 portfolio updates (the window holds 1).
+    let mut missed: Vec<moonx_events::Event> = (1..21).map(|n| sample_event("order.created", user, n)).collect();
+    missed.extend((1..11).map(|n| sample_event("trade.executed", user, n)));
+    missed.extend((1..6).map(|n| sample_event("portfolio.updated", user, n)));
+    for e in &missed {
+        moonx_ws::kafka::producer::send_event(&p, &topics.main, e).await.unwrap();
+    }
+    routed_all(&gw, &missed.iter().map(|e| e.metadata.event_id.to_string()).collect::<Vec<_>>()).await;
+
+    let mut c = Client::authed(&gw.ws_url(), user, &[]).await;
+    for ch in ["orders", "trades", "portfolio"] {
+        c.send_json(json!({"type": "subscribe", "channel": ch, "since": pos[ch]})).await;
+    }
+    let mut replies = Vec::new();
+    let mut got: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while replies.len() < 3 || got.values().map(Vec::len).sum::<usize>() < missed.len() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let v = c.recv(left).await.unwrap_or_else(|| panic!("replies {replies:?}, events {got:?}"));
+        match v["type"].as_str() {
+            Some("subscribed") => replies.push(v),
+            Some("event") => got.entry(v["channel"].as_str().unwrap().to_owned()).or_default().push(v["event"]["metadata"]["eventId"].as_str().unwrap().to_owned()),
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    let channels: Vec<&str> = replies.iter().map(|r| r["channel"].as_str().unwrap()).collect();
+    assert_eq!(channels, ["orders", "trades", "portfolio"], "answered in the order asked");
+    for (r, n) in replies.iter().zip([20, 10, 5]) {
+        assert_eq!((r["recovered"].as_bool(), r["missed"].as_u64()), (Some(true), Some(n)), "{r}");
+    }
+    let ids = |t: &str| missed.iter().filter(|e| e.metadata.event_type.as_str() == t).map(|e| e.metadata.event_id.to_string()).collect::<Vec<_>>();
+    assert_eq!(got["orders"], ids("order.created"));
+    assert_eq!(got["trades"], ids("trade.executed"));
+    assert_eq!(got["portfolio"], ids("portfolio.updated"));
+    nothing_more(&mut c).await;
+    let m = gw.metrics().await;
+    assert!(metric(&m, "moonx_ws_resume_events_total", &[("source", "kafka")]) >= 30.0, "{m}");
+}

@@ -216,6 +216,10 @@ struct Session {
     /// is read; meanwhile the channel's live frames are held in `held`
     /// (other channels flow on).
     resuming: Option<Resuming>,
+    /// Resumes asked for while one waits for its history (a client that
+    /// re-subscribes its channels at once): started in order, one at a
+    /// time, each when the one before has answered. At most one per channel.
+    queued_resumes: std::collections::VecDeque<(Channel, String, Option<serde_json::Value>)>,
     held: Vec<Outbound>,
     /// Per channel, live frames at or before this offset are ones the
     /// client already has (it resumed from a position this instance had not reached).
@@ -269,6 +273,7 @@ pub async fn run(
         close_after_reply: None,
         replay: Vec::new(),
         resuming: None,
+        queued_resumes: std::collections::VecDeque::new(),
         held: Vec::new(),
         skip_through: [-1; 5],
     };
@@ -290,6 +295,18 @@ pub async fn run(
         None => loop {
             if let Some(d) = session.close_after_reply.take() {
                 break d;
+            }
+            if session.resuming.is_none()
+                && let Some((ch, since, id)) = session.queued_resumes.pop_front()
+            {
+                // The next queued resume: answered now (from memory, or not
+                // recovered), or it waits for its history like the first.
+                if let Some(reply) = session.resume(ch, &since, &id) {
+                    if let Err(f) = timed(write_timeout, sink.send(text(reply))).await { break f.into(); }
+                    let frames = std::mem::take(&mut session.replay);
+                    if let Err(f) = timed(write_timeout, session.write_frames(&mut sink, frames)).await { break f.into(); }
+                }
+                continue;
             }
             let expiry = session.identity.as_ref().map(|i| i.expires_at_ms);
             tokio::select! {
@@ -561,8 +578,13 @@ impl Session {
                 }
                 if let Some(since) = since.as_deref().filter(|_| ch != Channel::Prices) {
                     // resume (SPEC 6.1); `prices` needs none: its snapshot covers it.
-                    if self.resuming.is_some() {
-                        return Err(err(ErrorCode::LimitExceeded, "one resume at a time: wait for its subscribed reply".into()));
+                    if self.resuming.as_ref().is_some_and(|r| r.channel == ch) || self.queued_resumes.iter().any(|q| q.0 == ch) {
+                        return Err(err(ErrorCode::BadRequest, format!("a resume of {} is already under way: wait for its subscribed reply", ch.as_str())));
+                    }
+                    if self.resuming.is_some() && ch != Channel::System {
+                        // Its reply comes when its turn comes (after the one under way).
+                        self.queued_resumes.push_back((ch, since.to_owned(), id.clone()));
+                        return Ok(String::new());
                     }
                     if ch == Channel::System {
                         self.hub.resume_metrics().requests.with_label_values(&["not_resumable"]).inc();
@@ -578,6 +600,8 @@ impl Session {
             }
             Request::Unsubscribe { channel } => {
                 let ch = Channel::parse(&channel).ok_or_else(|| err(ErrorCode::UnknownChannel, format!("no channel {channel:?}")))?;
+                // A resume still queued for it is dropped with it.
+                self.queued_resumes.retain(|q| q.0 != ch);
                 self.hub.unsubscribe(self.id, ch);
                 Ok(protocol::unsubscribed(ch, id))
             }
