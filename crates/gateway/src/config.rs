@@ -92,6 +92,27 @@ pub mod defaults {
     /// Upper bound of `JWT_MAX_LIFETIME_SECS`: ten years keeps `exp` in
     /// milliseconds far below 2^53.
     pub const JWT_MAX_LIFETIME_SECS_LIMIT: u64 = 10 * 366 * 24 * 3600;
+    /// Default of `RESUME_WINDOW_EVENTS`: a few minutes of a busy partition's private events.
+    pub const RESUME_WINDOW_EVENTS: usize = 10_000;
+    /// Default of `RESUME_WINDOW_BYTES`: 4 MiB of frames per partition (24 MiB for 6 partitions).
+    pub const RESUME_WINDOW_BYTES: usize = 4 * 1024 * 1024;
+    /// Default of `RESUME_MAX_EVENTS`: beyond this a client is better off refetching state.
+    pub const RESUME_MAX_EVENTS: u32 = 5_000;
+    /// Default of `RESUME_MAX_READERS`: a third of the partitions of the main topic read at once.
+    pub const RESUME_MAX_READERS: u32 = 2;
+    /// Default of `RESUME_MAX_SCAN_RECORDS`: about what one reader scans in a few seconds, so
+    /// one very old position cannot hold a shared pass (and everyone waiting on it) for long.
+    pub const RESUME_MAX_SCAN_RECORDS: u64 = 500_000;
+    /// Default of `RESUME_TIMEOUT_MS`: a resume that takes longer is answered `recovered:false`.
+    pub const RESUME_TIMEOUT_MS: u64 = 10_000;
+
+    /// Default of `JWT_MAX_LIFETIME_SECS`: 30 days, longer than any session a
+    /// trading front-end keeps; an `exp` beyond it is a mistake or a forgery.
+    pub const JWT_MAX_LIFETIME_SECS: u64 = 30 * 24 * 3600;
+    /// Default of `REVOCATION_WINDOW_SECS`: one hour, longer than the access
+    /// tokens a trading front-end issues (it refreshes them sooner), and short
+    /// enough that the start-up read-back of the main topic stays small.
+    pub const REVOCATION_WINDOW_SECS: u64 = 3600;
 }
 
 /// Where Kafka is.
@@ -138,23 +159,23 @@ pub struct CommonArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ResumeArgs {
     /// Recent private events kept in memory per partition for resume (0: always read Kafka).
-    #[arg(long, env = env::RESUME_WINDOW_EVENTS, default_value_t = crate::deliver::resume::DEFAULT_WINDOW_EVENTS)]
+    #[arg(long, env = env::RESUME_WINDOW_EVENTS, default_value_t = defaults::RESUME_WINDOW_EVENTS)]
     pub resume_window_events: usize,
     /// Bytes of frames kept in memory per partition for resume.
-    #[arg(long, env = env::RESUME_WINDOW_BYTES, default_value_t = crate::deliver::resume::DEFAULT_WINDOW_BYTES)]
+    #[arg(long, env = env::RESUME_WINDOW_BYTES, default_value_t = defaults::RESUME_WINDOW_BYTES)]
     pub resume_window_bytes: usize,
     /// Most missed events replayed to one subscription; beyond, `recovered:false`.
-    #[arg(long, env = env::RESUME_MAX_EVENTS, default_value_t = crate::deliver::resume::DEFAULT_MAX_EVENTS, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = env::RESUME_MAX_EVENTS, default_value_t = defaults::RESUME_MAX_EVENTS, value_parser = clap::value_parser!(u32).range(1..))]
     pub resume_max_events: u32,
     /// Kafka history readers running at once (each serves every resumer of one partition).
-    #[arg(long, env = env::RESUME_MAX_READERS, default_value_t = crate::deliver::resume::DEFAULT_MAX_READERS, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, env = env::RESUME_MAX_READERS, default_value_t = defaults::RESUME_MAX_READERS, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub resume_max_readers: u32,
     /// Records of a partition a resume may scan in Kafka (live boundary minus
     /// position); an older position is answered `recovered:false` at once.
-    #[arg(long, env = env::RESUME_MAX_SCAN_RECORDS, default_value_t = crate::deliver::resume::DEFAULT_MAX_SCAN_RECORDS, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = env::RESUME_MAX_SCAN_RECORDS, default_value_t = defaults::RESUME_MAX_SCAN_RECORDS, value_parser = clap::value_parser!(u64).range(1..))]
     pub resume_max_scan_records: u64,
     /// Longest a resume may wait for its history before `recovered:false`.
-    #[arg(long, env = env::RESUME_TIMEOUT_MS, default_value_t = crate::deliver::resume::DEFAULT_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(100..))]
+    #[arg(long, env = env::RESUME_TIMEOUT_MS, default_value_t = defaults::RESUME_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(100..))]
     pub resume_timeout_ms: u64,
     /// How producers map keys to partitions: `consistent` (librdkafka's
     /// default, CRC-32; our producers) or `murmur2` (the Java client's).
@@ -162,19 +183,6 @@ pub struct ResumeArgs {
     pub partitioner: String,
 }
 
-impl ResumeArgs {
-    pub fn settings(&self) -> crate::deliver::resume::ResumeSettings {
-        crate::deliver::resume::ResumeSettings {
-            window_events: self.resume_window_events,
-            window_bytes: self.resume_window_bytes,
-            max_events: self.resume_max_events as usize,
-            max_readers: self.resume_max_readers as usize,
-            max_scan_records: self.resume_max_scan_records,
-            timeout: Duration::from_millis(self.resume_timeout_ms),
-            partitioner: crate::deliver::resume::Partitioner::parse(&self.partitioner).unwrap_or_default(),
-        }
-    }
-}
 
 /// Settings of `dev`: the embedded bus instead of Kafka.
 #[derive(Debug, Clone, Args)]
@@ -332,7 +340,7 @@ pub struct WsArgs {
     pub jwt_secret: Option<String>,
     /// How far in the future a token's `exp` may be, in seconds; tokens
     /// beyond are refused.
-    #[arg(long, env = env::JWT_MAX_LIFETIME_SECS, default_value_t = crate::deliver::auth::DEFAULT_MAX_TOKEN_LIFETIME_SECS,
+    #[arg(long, env = env::JWT_MAX_LIFETIME_SECS, default_value_t = defaults::JWT_MAX_LIFETIME_SECS,
           value_parser = clap::value_parser!(u64).range(1..=defaults::JWT_MAX_LIFETIME_SECS_LIMIT))]
     pub jwt_max_lifetime_secs: u64,
     /// Allowed `Origin`s of WebSocket upgrades, comma-separated; `*` allows
@@ -381,7 +389,7 @@ pub struct WsArgs {
     /// How long a revocation (`POST /api/sessions/revoke`) refuses the
     /// user's tokens issued before it, in seconds; also how far back an
     /// instance reads the main topic for revocations at start-up.
-    #[arg(long, env = env::REVOCATION_WINDOW_SECS, default_value_t = crate::deliver::revocation::DEFAULT_REVOCATION_WINDOW_SECS,
+    #[arg(long, env = env::REVOCATION_WINDOW_SECS, default_value_t = defaults::REVOCATION_WINDOW_SECS,
           value_parser = clap::value_parser!(u64).range(1..=defaults::JWT_MAX_LIFETIME_SECS_LIMIT))]
     pub revocation_window_secs: u64,
 }

@@ -114,7 +114,7 @@ impl Gateway {
             metrics.clone(),
         );
         hub.set_revocation_window(ws.revocation_window());
-        let resume_settings = resume.settings();
+        let resume_settings = crate::deliver::resume::ResumeSettings::from_args(&resume);
         hub.set_resume_settings(resume_settings.clone());
         let (default_host, instance) = match &source {
             SourceConfig::Kafka { consumer, .. } => ([0, 0, 0, 0].into(), consumer.instance_id()),

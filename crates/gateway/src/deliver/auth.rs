@@ -13,9 +13,6 @@ use serde::{Deserialize, Serialize};
 
 pub const ADMIN_ROLE: &str = "admin";
 
-/// Default of `JWT_MAX_LIFETIME_SECS`: 30 days, longer than any session a
-/// trading front-end keeps; an `exp` beyond it is a mistake or a forgery.
-pub const DEFAULT_MAX_TOKEN_LIFETIME_SECS: u64 = 30 * 24 * 3600;
 
 /// The largest integer a JavaScript number holds exactly (2^53 - 1):
 /// `expiresAt` never exceeds it, whatever the settings.
@@ -172,7 +169,7 @@ mod tests {
     }
 
     fn auth() -> Authenticator {
-        Authenticator::new(Some(SECRET), DEFAULT_MAX_TOKEN_LIFETIME_SECS)
+        Authenticator::new(Some(SECRET), crate::config::defaults::JWT_MAX_LIFETIME_SECS)
     }
 
     /// A token with any header and claims, HS256-signed with `SECRET`.
@@ -220,7 +217,7 @@ mod tests {
 
     #[test]
     fn expires_at_always_fits_a_javascript_number() {
-        let i = auth().verify(&forge(json!({"alg": "HS256"}), json!({"sub": "u", "exp": now() + DEFAULT_MAX_TOKEN_LIFETIME_SECS}))).unwrap();
+        let i = auth().verify(&forge(json!({"alg": "HS256"}), json!({"sub": "u", "exp": now() + crate::config::defaults::JWT_MAX_LIFETIME_SECS}))).unwrap();
         assert!(i.expires_at_ms <= JS_MAX_SAFE_INTEGER);
         // Even with no lifetime cap at all, the echoed expiry is clamped.
         let uncapped = Authenticator::new(Some(SECRET), u64::MAX);

@@ -225,19 +225,20 @@ impl Streams {
     }
 }
 
-/// Default of `RESUME_WINDOW_EVENTS`: a few minutes of a busy partition's private events.
-pub const DEFAULT_WINDOW_EVENTS: usize = 10_000;
-/// Default of `RESUME_WINDOW_BYTES`: 4 MiB of frames per partition (24 MiB for 6 partitions).
-pub const DEFAULT_WINDOW_BYTES: usize = 4 * 1024 * 1024;
-/// Default of `RESUME_MAX_EVENTS`: beyond this a client is better off refetching state.
-pub const DEFAULT_MAX_EVENTS: u32 = 5_000;
-/// Default of `RESUME_MAX_READERS`: a third of the partitions of the main topic read at once.
-pub const DEFAULT_MAX_READERS: u32 = 2;
-/// Default of `RESUME_MAX_SCAN_RECORDS`: about what one reader scans in a few seconds, so
-/// one very old position cannot hold a shared pass (and everyone waiting on it) for long.
-pub const DEFAULT_MAX_SCAN_RECORDS: u64 = 500_000;
-/// Default of `RESUME_TIMEOUT_MS`: a resume that takes longer is answered `recovered:false`.
-pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+impl ResumeSettings {
+    /// The settings of `RESUME_*` and `KAFKA_PARTITIONER`.
+    pub fn from_args(args: &crate::config::ResumeArgs) -> Self {
+        ResumeSettings {
+            window_events: args.resume_window_events,
+            window_bytes: args.resume_window_bytes,
+            max_events: args.resume_max_events as usize,
+            max_readers: args.resume_max_readers as usize,
+            max_scan_records: args.resume_max_scan_records,
+            timeout: Duration::from_millis(args.resume_timeout_ms),
+            partitioner: Partitioner::parse(&args.partitioner).unwrap_or_default(),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct ResumeSettings {
@@ -253,12 +254,12 @@ pub struct ResumeSettings {
 impl Default for ResumeSettings {
     fn default() -> Self {
         ResumeSettings {
-            window_events: DEFAULT_WINDOW_EVENTS,
-            window_bytes: DEFAULT_WINDOW_BYTES,
-            max_events: DEFAULT_MAX_EVENTS as usize,
-            max_readers: DEFAULT_MAX_READERS as usize,
-            max_scan_records: DEFAULT_MAX_SCAN_RECORDS,
-            timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
+            window_events: crate::config::defaults::RESUME_WINDOW_EVENTS,
+            window_bytes: crate::config::defaults::RESUME_WINDOW_BYTES,
+            max_events: crate::config::defaults::RESUME_MAX_EVENTS as usize,
+            max_readers: crate::config::defaults::RESUME_MAX_READERS as usize,
+            max_scan_records: crate::config::defaults::RESUME_MAX_SCAN_RECORDS,
+            timeout: Duration::from_millis(crate::config::defaults::RESUME_TIMEOUT_MS),
             partitioner: Partitioner::Consistent,
         }
     }

@@ -11,10 +11,6 @@ use super::auth::Identity;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-/// Default of `REVOCATION_WINDOW_SECS`: one hour, longer than the access
-/// tokens a trading front-end issues (it refreshes them sooner), and short
-/// enough that the start-up read-back of the main topic stays small.
-pub const DEFAULT_REVOCATION_WINDOW_SECS: u64 = 3600;
 
 /// Users remembered as revoked at most (an entry is a user id and two numbers).
 pub const MAX_REVOKED_USERS: usize = 100_000;
@@ -33,7 +29,7 @@ pub struct Revocations {
 
 impl Default for Revocations {
     fn default() -> Self {
-        Revocations::new(Duration::from_secs(DEFAULT_REVOCATION_WINDOW_SECS))
+        Revocations::new(Duration::from_secs(crate::config::defaults::REVOCATION_WINDOW_SECS))
     }
 }
 
