@@ -78,7 +78,7 @@ pub async fn run(
         };
         if let Outcome::Failed(failure) = pipeline.process(&record).await {
             let letter = DeadLetter::new(&record, Vec::new(), failure, &instance);
-            dead_letters.write(&letter, pipeline.metrics(), &health, &shutdown).await;
+            dead_letters.write(&letter, pipeline.metrics(), &health, &format!("{}/0", r.topic), &shutdown).await;
         }
         tokio::task::consume_budget().await;
     }
