@@ -31,7 +31,7 @@
 //! logged and counted in `events_failed_total{reason}`, and the offset moves on.
 
 use super::Failure;
-use crate::source::Record;
+use crate::pipeline::Record;
 use crate::telemetry::Metrics;
 use base64::Engine as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};

@@ -48,9 +48,8 @@
 //! consumer still hit a fatal error, it is closed and a new one created;
 //! its uncommitted records are then consumed again.
 
-use crate::pipeline::dead_letter::{DeadLetter, DeadLetterWriter, DlqHealth};
-use crate::pipeline::{Outcome, Pipeline};
-use crate::source::Record;
+use crate::pipeline::dead_letter::{DeadLetterWriter, DlqHealth};
+use crate::pipeline::{Disposition, Pipeline, Record};
 use crate::telemetry::Metrics;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -372,12 +371,9 @@ async fn process_one(message: &BorrowedMessage<'_>, ctx: &Shared, cancel: &Cance
         payload: message.payload(),
         timestamp_ms: message.timestamp().to_millis(),
     };
-    if let Outcome::Failed(failure) = ctx.pipeline.process(&record).await {
-        let letter = DeadLetter::new(&record, headers_of(message), failure, &ctx.instance);
-        let held = format!("{}/{}", record.topic, record.partition);
-        return ctx.dead_letters.write(&letter, ctx.pipeline.metrics(), &ctx.status.dlq, &held, cancel).await;
-    }
-    true
+    let disposition =
+        ctx.pipeline.dispose(&record, || headers_of(message), &ctx.dead_letters, &ctx.status.dlq, &ctx.instance, cancel).await;
+    disposition == Disposition::Done
 }
 
 /// One partition's worker: its records in order, its own offsets.
