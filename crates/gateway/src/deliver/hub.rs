@@ -32,7 +32,7 @@ use super::auth::Identity;
 use super::revocation::Revocations;
 use super::resume::{At, Position, Resume, ResumeMetrics, ResumeSettings, Streams, Windows};
 use super::{Audience, Channel};
-use crate::pipeline::router::Route;
+use crate::deliver::Route;
 use crate::telemetry::Metrics;
 use axum::extract::ws::Utf8Bytes;
 use moonx_events::{Event, EventData};

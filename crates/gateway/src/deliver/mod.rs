@@ -12,6 +12,13 @@ pub mod session;
 
 pub use hub::{Hub, HubSettings};
 
+/// Where a routed event goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub channel: Channel,
+    pub audience: Audience,
+}
+
 use serde::Serialize;
 
 /// The channels of protocol v1. Private channels carry no user id: the

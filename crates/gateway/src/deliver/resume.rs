@@ -42,7 +42,7 @@
 
 use super::hub::Outbound;
 use super::Channel;
-use crate::pipeline::router::Route;
+use crate::deliver::Route;
 use base64::Engine as _;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 use std::collections::{HashMap, VecDeque};

@@ -186,7 +186,8 @@ async fn health(State(app): State<AppState>) -> Response {
     };
     let connected = c.connected.load(Ordering::Relaxed);
     let assigned = c.assigned_partitions.load(Ordering::Relaxed);
-    let dlq_failing = c.dlq.failing.load(Ordering::Relaxed);
+    let held = c.dlq.failing_partitions();
+    let dlq_failing = !held.is_empty();
     let reason = if app.shutdown.is_cancelled() {
         Some("shutting down".to_owned())
     } else if !connected {
@@ -195,7 +196,7 @@ async fn health(State(app): State<AppState>) -> Response {
     } else if assigned == 0 {
         Some("no partitions assigned yet".to_owned())
     } else if dlq_failing {
-        Some("the dead-letter topic cannot be written: consumption is held".to_owned())
+        Some(format!("the dead-letter topic cannot be written: consumption of {} is held", held.join(", ")))
     } else {
         None
     };
@@ -205,7 +206,7 @@ async fn health(State(app): State<AppState>) -> Response {
         "processing": "enabled",
         "mode": "kafka",
         "consumer": {"group": c.group, "connected": connected, "assignedPartitions": assigned},
-        "dlq": {"failing": dlq_failing},
+        "dlq": {"failing": dlq_failing, "failingPartitions": held},
         "connections": connections,
     });
     let code = if reason.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -216,7 +217,7 @@ async fn metrics(State(app): State<AppState>) -> Response {
     // Gauges that mirror live state are refreshed here, at scrape time.
     app.metrics.connections_max.set(app.hub.max_connections() as i64);
     if let SourceHealth::Kafka(c) = &app.source {
-        app.metrics.dlq_failing.set(c.dlq.failing.load(Ordering::Relaxed) as i64);
+        app.metrics.dlq_failing.set(c.dlq.is_failing() as i64);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render()).into_response()
 }

@@ -5,8 +5,8 @@
 //! unbuffered `write`, before the record's offset is stored, so a line
 //! survives a SIGKILL of the gateway.
 
-use super::router::Route;
-use crate::source::Record;
+use crate::deliver::Route;
+use super::Record;
 use moonx_events::Event;
 use std::io::Write;
 use std::sync::Mutex;

@@ -31,14 +31,13 @@
 //! logged and counted in `events_failed_total{reason}`, and the offset moves on.
 
 use super::Failure;
-use crate::source::Record;
+use crate::pipeline::Record;
 use crate::telemetry::Metrics;
 use base64::Engine as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -246,10 +245,36 @@ pub enum DeadLetterWriter {
     Skip,
 }
 
-/// Whether the last DLQ write failed (for `/health`).
+/// Which partitions are held by a DLQ write that keeps failing (for
+/// `/health`): each is named `topic/partition` while its writer retries.
 #[derive(Debug, Default)]
 pub struct DlqHealth {
-    pub failing: AtomicBool,
+    held: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl DlqHealth {
+    fn set(&self, partition: &str, failing: bool) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if failing {
+            held.insert(partition.to_owned());
+        } else {
+            held.remove(partition);
+        }
+    }
+
+    /// The partition stopped waiting (written, moved on, or revoked).
+    pub fn release(&self, partition: &str) {
+        self.set(partition, false);
+    }
+
+    pub fn is_failing(&self) -> bool {
+        !self.held.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
+    /// The held partitions, sorted.
+    pub fn failing_partitions(&self) -> Vec<String> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
 }
 
 /// Refusals that retrying the same record cannot change: too large or
@@ -280,13 +305,15 @@ enum Form {
 
 impl DeadLetterWriter {
     /// Writes the letter, retrying transient failures with backoff until it
-    /// succeeds. Returns `false` only if `shutdown` fired first: the caller
-    /// must then not store the record's offset.
+    /// succeeds, holding only `partition` (named `topic/partition` in
+    /// `health` while it fails). Returns `false` only if `shutdown` fired
+    /// first: the caller must then not store the record's offset.
     pub async fn write(
         &self,
         letter: &DeadLetter,
         metrics: &Metrics,
         health: &DlqHealth,
+        partition: &str,
         shutdown: &CancellationToken,
     ) -> bool {
         let (producer, topic) = match self {
@@ -325,7 +352,7 @@ impl DeadLetterWriter {
             };
             match producer.send(record, Duration::from_secs(10)).await {
                 Ok(d) => {
-                    health.failing.store(false, Ordering::Relaxed);
+                    health.set(partition, false);
                     metrics.dlq_writes.with_label_values(&[reason]).inc();
                     if !matches!(form, Form::Full) {
                         metrics.dlq_truncated.with_label_values(&[reason]).inc();
@@ -343,7 +370,7 @@ impl DeadLetterWriter {
                         Form::Full => Form::Prefix,
                         Form::Prefix => Form::HeadersOnly,
                         Form::HeadersOnly => {
-                            health.failing.store(false, Ordering::Relaxed);
+                            health.set(partition, false);
                             tracing::error!(dlq.id = %letter.id, reason, "the DLQ refuses even a headers-only dead letter ({e}); moving on without one");
                             return true;
                         }
@@ -352,13 +379,16 @@ impl DeadLetterWriter {
                     continue;
                 }
                 Err((e, _)) => {
-                    health.failing.store(true, Ordering::Relaxed);
+                    health.set(partition, true);
                     metrics.dlq_write_errors.inc();
                     tracing::error!(dlq.id = %letter.id, "writing the dead letter failed, holding the offset: {e}");
                 }
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return false,
+                _ = shutdown.cancelled() => {
+                    health.set(partition, false);
+                    return false;
+                }
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));

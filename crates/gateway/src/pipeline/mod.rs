@@ -1,6 +1,7 @@
 //! What happens to each record: decode (and migrate legacy messages) →
-//! validate → route to the hub, or fail with a typed reason that the source
-//! turns into a dead letter.
+//! validate → route to the hub, or fail with a typed reason and a dead
+//! letter (`Pipeline::dispose`, the one place letters are written; a source
+//! only learns whether to move its position on or hold the partition).
 //!
 //! The pipeline is the same whatever the source (Kafka or the embedded bus):
 //! there is no second code path for any stage.
@@ -15,13 +16,25 @@ pub mod dead_letter;
 pub mod router;
 
 use crate::deliver::Hub;
-use crate::source::Record;
 use crate::telemetry::Metrics;
 use moonx_events::decode::{decode_event, DecodeOptions};
 use moonx_events::{DecodeError, Event, EventType, ValidationErrors};
 use router::{HandlerError, Router};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// One record as the pipeline sees it, borrowed from the source's buffer: the
+/// pipeline's input contract, which every source fills.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    /// Broker or producer timestamp, milliseconds since the epoch.
+    pub timestamp_ms: Option<i64>,
+}
 
 /// Why a record was not routed. Codes are stable: they are the DLQ reasons
 /// and the `reason` label of `events_failed_total`.
@@ -92,6 +105,16 @@ pub enum Outcome {
     Failed(Failure),
 }
 
+/// What a source does with its position after [`Pipeline::dispose`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Routed, or its dead letter acknowledged: store the offset, go on.
+    Done,
+    /// Its dead letter is still unwritten (cancelled by a revoke or
+    /// shutdown): store neither this offset nor any later one of the partition.
+    Hold,
+}
+
 /// Settings of the processing stages.
 #[derive(Debug, Clone)]
 pub struct PipelineOptions {
@@ -135,6 +158,29 @@ impl Pipeline {
     }
 
     /// Decodes, validates and routes one record.
+    /// Processes a record and, if it fails, writes its dead letter (see
+    /// [`dead_letter::DeadLetterWriter::write`]): the one place that does so,
+    /// whatever the source. `headers` gives the record's headers, read only
+    /// for a letter. The source learns what to do with its position.
+    pub async fn dispose(
+        &self,
+        record: &Record<'_>,
+        headers: impl FnOnce() -> Vec<(String, Option<Vec<u8>>)>,
+        dead_letters: &dead_letter::DeadLetterWriter,
+        health: &dead_letter::DlqHealth,
+        instance: &str,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Disposition {
+        if let Outcome::Failed(failure) = self.process(record).await {
+            let letter = dead_letter::DeadLetter::new(record, headers(), failure, instance);
+            let partition = format!("{}/{}", record.topic, record.partition);
+            if !dead_letters.write(&letter, &self.metrics, health, &partition, cancel).await {
+                return Disposition::Hold;
+            }
+        }
+        Disposition::Done
+    }
+
     pub async fn process(&self, record: &Record<'_>) -> Outcome {
         // Timing every record would cost two clock reads per record: sample 1 in 64.
         let started = (record.offset % 64 == 0).then(Instant::now);

@@ -14,12 +14,7 @@ use moonx_events::{CustomType, DataClassification, Event, EventType, TypeRegistr
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Where a routed event goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    pub channel: Channel,
-    pub audience: Audience,
-}
+pub use crate::deliver::Route;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandlerError {

@@ -7,9 +7,8 @@
 //! It is a way to try the gateway, not a replacement for Kafka.
 
 use crate::kafka::producer::Delivered;
-use crate::pipeline::dead_letter::{DeadLetter, DeadLetterWriter, DlqHealth};
-use crate::pipeline::{Outcome, Pipeline};
-use crate::source::Record;
+use crate::pipeline::dead_letter::{DeadLetterWriter, DlqHealth};
+use crate::pipeline::{Disposition, Pipeline, Record};
 use std::sync::Arc;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -76,9 +75,9 @@ pub async fn run(
             payload: Some(&r.payload),
             timestamp_ms: Some(r.timestamp_ms),
         };
-        if let Outcome::Failed(failure) = pipeline.process(&record).await {
-            let letter = DeadLetter::new(&record, Vec::new(), failure, &instance);
-            dead_letters.write(&letter, pipeline.metrics(), &health, &shutdown).await;
+        // Memory letters never fail: a hold only means shutdown.
+        if pipeline.dispose(&record, Vec::new, &dead_letters, &health, &instance, &shutdown).await == Disposition::Hold {
+            break;
         }
         tokio::task::consume_budget().await;
     }

@@ -1,24 +1,37 @@
 //! The Kafka source: one consumer for the main topic (and, when enabled, the
-//! legacy topics), feeding the pipeline in order.
+//! legacy topics), with one worker task per partition feeding the pipeline
+//! in that partition's order. Partitions run in parallel.
 //!
 //! Delivery semantics: **at least once**.
 //!
+//! * Each partition known at start-up gets its own librdkafka queue
+//!   (`split_partition_queue`) and its own worker task. (A partition that
+//!   appears later, or any record librdkafka still hands to the main queue,
+//!   is processed by the main loop the same way, serially.)
 //! * `enable.auto.offset.store=false`: librdkafka never marks a record done
-//!   by itself. This loop stores a record's offset only after the pipeline
+//!   by itself. A worker records a record's offset only after the pipeline
 //!   has *routed* it to the hub, or after its dead letter was acknowledged by
 //!   the DLQ topic (`acks=all`). If the DLQ cannot be written for a
-//!   transient reason, the loop retries and does not move on, so no later
-//!   offset can be stored past the failed one. (A refusal retrying cannot
-//!   change is answered with a fallback letter, then the loop moves on: see
-//!   `pipeline::dead_letter`.) Stores are batched (`PendingOffsets`): the latest processed
-//!   offset per partition is handed to librdkafka every 512 records, every
-//!   100 ms, and before the final commit; a crash re-delivers at most that
-//!   much more, never less.
-//! * `enable.auto.commit=true` (every second) commits only *stored* offsets;
-//!   we also commit them synchronously when partitions are revoked and on
-//!   shutdown.
-//! * Records are processed one at a time in partition order, so the stored
-//!   offset is always the end of a fully processed prefix of the partition.
+//!   transient reason, the worker retries and does not move on, so no later
+//!   offset of *its* partition can be stored past the failed one; the other
+//!   partitions go on, and `/health` names the held one. (A refusal retrying
+//!   cannot change is answered with a fallback letter, then the worker moves
+//!   on: see `pipeline::dead_letter`.)
+//! * Stores are batched per worker (`PendingOffsets`): the latest processed
+//!   offset of the partition is handed to librdkafka every 512 records,
+//!   every 100 ms, when the partition is revoked, and before the final
+//!   commit; a crash re-delivers at most that much more, never less.
+//! * `enable.auto.commit=true` (every second) commits only *stored* offsets.
+//! * On revoke (`pre_rebalance`), for each revoked partition: its worker is
+//!   marked revoked and its DLQ wait cancelled (that record's offset stays
+//!   unstored); then the worker's lock is taken, which waits for the record
+//!   in hand to finish; its pending offset is stored; then everything
+//!   stored is committed synchronously. A revoked worker processes no
+//!   further record until its partition is assigned again. On shutdown the
+//!   workers stop, store, and the consumer commits.
+//! * Each worker processes its records one at a time in partition order, so
+//!   the stored offset is always the end of a fully processed prefix of the
+//!   partition.
 //!
 //! Hence a crash at any point loses nothing: every record after the last
 //! committed offset is consumed again. The price is possible redelivery of
@@ -35,9 +48,8 @@
 //! consumer still hit a fatal error, it is closed and a new one created;
 //! its uncommitted records are then consumed again.
 
-use crate::pipeline::dead_letter::{DeadLetter, DeadLetterWriter, DlqHealth};
-use crate::pipeline::{Outcome, Pipeline};
-use crate::source::Record;
+use crate::pipeline::dead_letter::{DeadLetterWriter, DlqHealth};
+use crate::pipeline::{Disposition, Pipeline, Record};
 use crate::telemetry::Metrics;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -66,6 +78,56 @@ pub struct ConsumerStatus {
 pub struct GatewayContext {
     metrics: Arc<Metrics>,
     status: Arc<ConsumerStatus>,
+    workers: Arc<Workers>,
+}
+
+/// The per-partition workers' shared state, reachable from the rebalance callbacks.
+pub struct Workers {
+    gates: Mutex<std::collections::HashMap<(String, i32), Arc<WorkerGate>>>,
+    /// Cancelled when this consumer stops; every DLQ wait is its child.
+    stop: CancellationToken,
+}
+
+impl Workers {
+    fn new(stop: CancellationToken) -> Workers {
+        Workers { gates: Mutex::default(), stop }
+    }
+
+    fn gate(&self, topic: &str, partition: i32) -> Arc<WorkerGate> {
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        gates
+            .entry((topic.to_owned(), partition))
+            .or_insert_with(|| {
+                Arc::new(WorkerGate {
+                    pending: Default::default(),
+                    revoked: AtomicBool::new(false),
+                    cancel: Mutex::new(self.stop.child_token()),
+                })
+            })
+            .clone()
+    }
+}
+
+/// One partition's worker: its pending offset (locked while a record is
+/// processed, so the revoke waits for the record in hand), whether the
+/// partition is revoked, and the token that cancels a DLQ wait on revoke.
+pub struct WorkerGate {
+    pending: tokio::sync::Mutex<PendingOffsets>,
+    revoked: AtomicBool,
+    cancel: Mutex<CancellationToken>,
+}
+
+/// How long a revoke waits for a worker to finish the record in hand.
+const REVOKE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `f` to completion from a synchronous librdkafka callback.
+fn wait_in_callback<F: std::future::Future>(f: F) -> F::Output {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| h.block_on(f))
+        }
+        _ => futures::executor::block_on(f),
+    }
 }
 
 impl ClientContext for GatewayContext {
@@ -97,6 +159,24 @@ impl ClientContext for GatewayContext {
 impl ConsumerContext for GatewayContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            // Stop the revoked workers and store what they processed.
+            for e in tpl.elements() {
+                let gate = self.workers.gate(e.topic(), e.partition());
+                gate.revoked.store(true, Ordering::SeqCst);
+                gate.cancel.lock().unwrap_or_else(|p| p.into_inner()).cancel();
+                let stored = wait_in_callback(async {
+                    match tokio::time::timeout(REVOKE_WAIT, gate.pending.lock()).await {
+                        Ok(mut pending) => {
+                            pending.flush(consumer);
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                });
+                if !stored {
+                    tracing::warn!(topic = e.topic(), partition = e.partition(), "the worker did not stop in time; its last records will be consumed again");
+                }
+            }
             // Hand over exactly what was processed.
             match consumer.commit_consumer_state(CommitMode::Sync) {
                 Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
@@ -111,6 +191,11 @@ impl ConsumerContext for GatewayContext {
         self.status.assigned_partitions.store(assigned, Ordering::Relaxed);
         self.metrics.consumer_assigned_partitions.set(assigned);
         if let Rebalance::Assign(tpl) = rebalance {
+            for e in tpl.elements() {
+                let gate = self.workers.gate(e.topic(), e.partition());
+                *gate.cancel.lock().unwrap_or_else(|p| p.into_inner()) = self.workers.stop.child_token();
+                gate.revoked.store(false, Ordering::SeqCst);
+            }
             tracing::info!(partitions = tpl.count(), "partitions assigned");
         }
         // resume: every instance is assigned every partition (its own group),
@@ -156,7 +241,8 @@ pub fn create_consumer(
     settings: &ConsumerSettings,
     metrics: Arc<Metrics>,
     status: Arc<ConsumerStatus>,
-) -> anyhow::Result<GatewayConsumer> {
+    workers: Arc<Workers>,
+) -> anyhow::Result<Arc<GatewayConsumer>> {
     let consumer: GatewayConsumer = crate::kafka::client_config(&settings.brokers)
         .set("group.id", &settings.group_id)
         .set("enable.auto.commit", "true")
@@ -166,10 +252,8 @@ pub fn create_consumer(
         .set("session.timeout.ms", "10000")
         .set("statistics.interval.ms", settings.stats_interval_ms.to_string())
         .set("enable.partition.eof", "false")
-        .create_with_context(GatewayContext { metrics, status })?;
-    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics)?;
-    Ok(consumer)
+        .create_with_context(GatewayContext { metrics, status, workers })?;
+    Ok(Arc::new(consumer))
 }
 
 /// Consumes until `shutdown`, then commits what was processed. A consumer
@@ -183,15 +267,45 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let metrics = pipeline.metrics().clone();
+    let dead_letters = Arc::new(dead_letters);
+    let instance: Arc<str> = instance.into();
     while !shutdown.is_cancelled() {
-        let consumer = match create_consumer(&settings, metrics.clone(), status.clone()) {
+        let stop = shutdown.child_token();
+        let workers = Arc::new(Workers::new(stop.clone()));
+        let consumer = match create_consumer(&settings, metrics.clone(), status.clone(), workers.clone()) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("cannot create the Kafka consumer: {e}");
                 tokio::select! { _ = shutdown.cancelled() => break, _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => continue }
             }
         };
-        consume(&consumer, &pipeline, &dead_letters, &status, &instance, &shutdown).await;
+        let mut tasks = tokio::task::JoinSet::new();
+        let ctx = Shared { pipeline: pipeline.clone(), dead_letters: dead_letters.clone(), status: status.clone(), instance: instance.clone() };
+        // Split every known partition before subscribing, so none of its
+        // records reaches the main queue first.
+        for topic in &settings.topics {
+            let partitions = match consumer.fetch_metadata(Some(topic), std::time::Duration::from_secs(5)) {
+                Ok(m) => m.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect::<Vec<_>>(),
+                Err(e) => {
+                    tracing::warn!(topic, "partitions unknown, the main loop processes them serially: {e}");
+                    Vec::new()
+                }
+            };
+            for partition in partitions {
+                if let Some(queue) = consumer.split_partition_queue(topic, partition) {
+                    let gate = workers.gate(topic, partition);
+                    tasks.spawn(worker(queue, consumer.clone(), gate, ctx.clone(), stop.clone()));
+                }
+            }
+        }
+        let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+        if let Err(e) = consumer.subscribe(&topics) {
+            tracing::error!("cannot subscribe: {e}");
+        } else {
+            consume(&consumer, &workers, &ctx, &stop).await;
+        }
+        stop.cancel();
+        while tasks.join_next().await.is_some() {}
         match consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {
                 if shutdown.is_cancelled() {
@@ -205,11 +319,20 @@ pub async fn run(
     }
 }
 
+/// What every worker needs.
+#[derive(Clone)]
+struct Shared {
+    pipeline: Arc<Pipeline>,
+    dead_letters: Arc<DeadLetterWriter>,
+    status: Arc<ConsumerStatus>,
+    instance: Arc<str>,
+}
+
 /// Processed offsets not yet handed to librdkafka: the latest per partition.
 /// (`rd_kafka_offset_store` takes locks and checks the assignment; once per
 /// record it cost more than the pipeline itself.)
 #[derive(Default)]
-struct PendingOffsets {
+pub struct PendingOffsets {
     latest: Vec<(String, i32, i64)>,
     since_flush: usize,
 }
@@ -225,7 +348,7 @@ impl PendingOffsets {
         self.since_flush += 1;
     }
 
-    fn flush(&mut self, consumer: &GatewayConsumer) {
+    fn flush<C: Consumer<GatewayContext>>(&mut self, consumer: &C) {
         for (topic, partition, offset) in self.latest.drain(..) {
             if let Err(e) = consumer.store_offset(&topic, partition, offset) {
                 // The partition was revoked meanwhile; its new owner will redo the records.
@@ -236,24 +359,91 @@ impl PendingOffsets {
     }
 }
 
-/// The consume loop of one consumer; returns on shutdown or a fatal error.
-async fn consume(
-    consumer: &GatewayConsumer,
-    pipeline: &Pipeline,
-    dead_letters: &DeadLetterWriter,
-    status: &ConsumerStatus,
-    instance: &str,
-    shutdown: &CancellationToken,
+/// Processes one record: routed, or dead-lettered. Returns `false` if the
+/// dead letter is still unwritten (revoke or shutdown): the offset must then
+/// stay unstored.
+async fn process_one(message: &BorrowedMessage<'_>, ctx: &Shared, cancel: &CancellationToken) -> bool {
+    let record = Record {
+        topic: message.topic(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key(),
+        payload: message.payload(),
+        timestamp_ms: message.timestamp().to_millis(),
+    };
+    let disposition =
+        ctx.pipeline.dispose(&record, || headers_of(message), &ctx.dead_letters, &ctx.status.dlq, &ctx.instance, cancel).await;
+    disposition == Disposition::Done
+}
+
+/// One partition's worker: its records in order, its own offsets.
+async fn worker(
+    queue: rdkafka::consumer::stream_consumer::StreamPartitionQueue<GatewayContext>,
+    consumer: Arc<GatewayConsumer>,
+    gate: Arc<WorkerGate>,
+    ctx: Shared,
+    stop: CancellationToken,
 ) {
-    let metrics = pipeline.metrics();
-    let mut pending = PendingOffsets::default();
     let mut flush_tick = tokio::time::interval(std::time::Duration::from_millis(100));
     flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let message = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            _ = flush_tick.tick() => {
+                gate.pending.lock().await.flush(&*consumer);
+                continue;
+            }
+            m = queue.recv() => m,
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!("consumer error: {e}");
+                continue;
+            }
+        };
+        let mut pending = gate.pending.lock().await;
+        if gate.revoked.load(Ordering::SeqCst) {
+            continue; // its new owner processes it
+        }
+        let cancel = gate.cancel.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if !process_one(&message, &ctx, &cancel).await {
+            // The dead letter is unwritten, so no later record of this
+            // partition may be processed: revoked (the revoked flag skips the
+            // rest until it is assigned again, from the committed offset) or
+            // stopping.
+            if gate.revoked.load(Ordering::SeqCst) {
+                continue;
+            }
+            break;
+        }
+        pending.record(message.topic(), message.partition(), message.offset());
+        if pending.since_flush >= PendingOffsets::FLUSH_EVERY {
+            pending.flush(&*consumer);
+        }
+        drop(pending);
+        drop(message);
+        tokio::task::consume_budget().await;
+    }
+    gate.pending.lock().await.flush(&*consumer);
+}
+
+/// The main queue: serves rebalances and errors, and processes (serially)
+/// any record of a partition that has no worker. Returns on shutdown or a
+/// fatal error.
+async fn consume(consumer: &Arc<GatewayConsumer>, workers: &Workers, ctx: &Shared, shutdown: &CancellationToken) {
+    let mut flush_tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut touched: Vec<Arc<WorkerGate>> = Vec::new();
+    loop {
+        let message = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => break,
-            _ = flush_tick.tick(), if !pending.latest.is_empty() => {
-                pending.flush(consumer);
+            _ = flush_tick.tick(), if !touched.is_empty() => {
+                for gate in touched.drain(..) {
+                    gate.pending.lock().await.flush(&**consumer);
+                }
                 continue;
             }
             m = consumer.recv() => m,
@@ -269,31 +459,31 @@ async fn consume(
                 continue;
             }
         };
-        let record = Record {
-            topic: message.topic(),
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key(),
-            payload: message.payload(),
-            timestamp_ms: message.timestamp().to_millis(),
-        };
-        if let Outcome::Failed(failure) = pipeline.process(&record).await {
-            let letter = DeadLetter::new(&record, headers_of(&message), failure, instance);
-            if !dead_letters.write(&letter, metrics, &status.dlq, shutdown).await {
-                break; // shutting down with the dead letter unwritten: keep its offset unstored
+        let gate = workers.gate(message.topic(), message.partition());
+        let mut pending = gate.pending.lock().await;
+        if gate.revoked.load(Ordering::SeqCst) {
+            continue;
+        }
+        let cancel = gate.cancel.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if !process_one(&message, ctx, &cancel).await {
+            if gate.revoked.load(Ordering::SeqCst) {
+                continue; // as in `worker`: nothing more of this partition until it is assigned again
             }
+            break; // shutting down with the dead letter unwritten
         }
-        pending.record(record.topic, record.partition, record.offset);
-        drop(message);
+        pending.record(message.topic(), message.partition(), message.offset());
         if pending.since_flush >= PendingOffsets::FLUSH_EVERY {
-            pending.flush(consumer);
+            pending.flush(&**consumer);
         }
-        // librdkafka's queue is not a tokio resource, so a backlog would never
-        // make this loop yield: give the sessions writing frames their turn.
+        drop(pending);
+        if !touched.iter().any(|g| Arc::ptr_eq(g, &gate)) {
+            touched.push(gate);
+        }
         tokio::task::consume_budget().await;
     }
-    // Everything recorded was processed; the caller commits right after.
-    pending.flush(consumer);
+    for gate in touched {
+        gate.pending.lock().await.flush(&**consumer);
+    }
 }
 
 fn headers_of(message: &BorrowedMessage<'_>) -> Vec<(String, Option<Vec<u8>>)> {

@@ -22,7 +22,7 @@
 
 use crate::deliver::resume::{History, HistoryError, HistoryFuture, HistoryRequest, Replayed, ResumeMetrics};
 use crate::pipeline::Pipeline;
-use crate::source::Record;
+use crate::pipeline::Record;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};

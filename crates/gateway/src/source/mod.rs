@@ -1,7 +1,8 @@
 //! Sources: where records come from. The Kafka consumer (`kafka`) is the
 //! production source, the embedded bus (`embedded`) the one of `moonx-ws
-//! dev`; each hands every record to the pipeline in order and learns the
-//! outcome before it moves its position. `publish` writes into either;
+//! dev`; each hands every record to the pipeline in order
+//! (`Pipeline::dispose`, which also writes any dead letter) and learns a
+//! disposition (done, or hold this partition) before it moves its position. `publish` writes into either;
 //! `revocations` reads the revocations still in force back at start-up.
 
 pub mod embedded;
@@ -10,14 +11,5 @@ pub mod kafka_history;
 pub mod publish;
 pub mod revocations;
 
-/// One record as the pipeline sees it, borrowed from the source's buffer.
-#[derive(Debug, Clone, Copy)]
-pub struct Record<'a> {
-    pub topic: &'a str,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<&'a [u8]>,
-    pub payload: Option<&'a [u8]>,
-    /// Broker or producer timestamp, milliseconds since the epoch.
-    pub timestamp_ms: Option<i64>,
-}
+/// The pipeline's input contract, re-exported for the sources' callers.
+pub use crate::pipeline::Record;
