@@ -34,9 +34,10 @@ use super::resume::{At, Position, Resume, ResumeMetrics, ResumeSettings, Streams
 use super::{Audience, Channel};
 use crate::deliver::Route;
 use crate::telemetry::Metrics;
-use axum::extract::ws::Utf8Bytes;
+use super::frame::utf8;
+use super::prices::LatestPrices;
 use moonx_events::{Event, EventData};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::mpsc;
@@ -44,20 +45,8 @@ use tokio_util::sync::CancellationToken;
 
 pub type ConnId = u64;
 
-/// A frame on its way to connections: built once per event and shared by
-/// every recipient's queue (an `Arc`, so a queue slot is one pointer).
-pub type Outbound = Arc<Frame>;
-
-#[derive(Debug, Clone)]
-pub struct Frame {
-    pub event_id: u128,
-    pub timestamp_ms: u64,
-    pub channel: Channel,
-    /// The record's offset in its partition, -1 when unknown (resume: the
-    /// session skips live frames its client already has).
-    pub offset: i64,
-    pub frame: Utf8Bytes,
-}
+// Frames have their own module (`super::frame`), shared with `resume`; named here too for the hub's users.
+pub use super::frame::{Frame, Outbound};
 
 #[derive(Debug, Clone)]
 pub struct HubSettings {
@@ -129,9 +118,8 @@ struct State {
     users: HashMap<String, UserConns>,
     /// Admin connections subscribed to `system`.
     operators: HashSet<ConnId>,
-    /// The latest price frame per token and chain (turned into a snapshot
-    /// frame when someone subscribes).
-    latest_prices: BTreeMap<String, BTreeMap<u64, Outbound>>,
+    /// The latest price frame per token and chain (`super::prices`).
+    latest_prices: LatestPrices,
     // resume (SPEC 6.1): live boundaries and windows, under the same lock
     // as the subscriptions so that a resume's seam is exact.
     windows: Windows,
@@ -355,18 +343,9 @@ impl Hub {
             Channel::Prices => {
                 let filter = tokens.map(TokenFilter::new);
                 let mut queued = 0;
-                for (token, chains) in &st.latest_prices {
-                    if !filter.as_ref().is_none_or(|f| f.admits(token)) {
-                        continue;
-                    }
-                    for live in chains.values() {
-                        let snapshot = Arc::new(Frame {
-                            frame: utf8(super::protocol::snapshot_of(live.frame.as_bytes())),
-                            ..Frame::clone(live)
-                        });
-                        if conn.tx.try_send(snapshot).is_ok() {
-                            queued += 1;
-                        }
+                for snapshot in st.latest_prices.snapshots(|token| filter.as_ref().is_none_or(|f| f.admits(token))) {
+                    if conn.tx.try_send(snapshot).is_ok() {
+                        queued += 1;
                     }
                 }
                 // A new filter replaces the previous one, in the index too.
@@ -517,14 +496,7 @@ impl Hub {
             }
         }
         if let (Some((token, chain)), Audience::Everyone) = (price_token, &route.audience) {
-            match st.latest_prices.get_mut(token) {
-                Some(chains) => {
-                    chains.insert(chain, out.clone());
-                }
-                None => {
-                    st.latest_prices.insert(token.to_owned(), BTreeMap::from([(chain, out.clone())]));
-                }
-            }
+            st.latest_prices.remember(token, chain, &out);
         }
         let st = &*st;
         let entitled = |conn: &Conn| entitled(conn, &route, now_ms);
@@ -633,11 +605,6 @@ fn unindex_prices(st: &mut State, id: ConnId) {
         }
         None => {}
     }
-}
-
-fn utf8(bytes: Vec<u8>) -> Utf8Bytes {
-    // The frame is our own JSON around a decoded (hence UTF-8) envelope.
-    Utf8Bytes::try_from(bytes::Bytes::from(bytes)).unwrap_or_else(|_| Utf8Bytes::from("{}"))
 }
 
 fn remove_subscription(st: &mut State, id: ConnId, channel: Channel, metrics: &Metrics) -> bool {

@@ -4,7 +4,9 @@
 
 pub mod auth;
 pub mod dedup;
+pub mod frame;
 pub mod hub;
+pub mod prices;
 pub mod protocol;
 pub mod revocation;
 pub mod resume;

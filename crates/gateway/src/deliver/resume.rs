@@ -40,7 +40,7 @@
 //! the log start (retention or deleted records); a Kafka read that fails or
 //! times out.
 
-use super::hub::Outbound;
+use super::frame::Outbound;
 use super::Channel;
 use crate::deliver::Route;
 use base64::Engine as _;
@@ -514,7 +514,7 @@ mod tests {
         let settings = ResumeSettings { window_events: 2, ..ResumeSettings::default() };
         let mut w = Windows::default();
         let route = Route { channel: Channel::Orders, audience: super::super::Audience::User("u".into()) };
-        let frame: Outbound = Arc::new(super::super::hub::Frame {
+        let frame: Outbound = Arc::new(super::super::frame::Frame {
             event_id: 1,
             timestamp_ms: 0,
             channel: Channel::Orders,
