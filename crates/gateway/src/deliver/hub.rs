@@ -5,9 +5,12 @@
 //! every recipient. Each connection has a bounded queue; a connection whose
 //! queue is full is cut off as a slow consumer instead of slowing the
 //! others or growing memory. Entitlement is checked here, on the server,
-//! for every delivery: public events to subscribers of `prices`, a user's
-//! events only to connections authenticated as that user, internal events
-//! only to admins, never after the token expired.
+//! for every delivery, by the one rule of `super::entitlement` (the
+//! session's subscription check is the same rule): public events to
+//! subscribers of `prices`, a user's events only to connections
+//! authenticated as that user, internal events only to admins, never after
+//! the token expired. New `prices` subscribers get the latest prices first
+//! (`super::prices`, under this lock).
 //!
 //! Bounded work per event: `prices` subscribers are indexed by filter
 //! token (unfiltered subscribers, plus lowercase token -> subscribers), so
@@ -29,6 +32,7 @@
 //! replayed frame passes the same entitlement rule as a live one.
 
 use super::auth::Identity;
+use super::entitlement;
 use super::revocation::Revocations;
 use super::resume::{At, Position, Resume, ResumeMetrics, ResumeSettings, Streams, Windows};
 use super::{Audience, Channel};
@@ -484,7 +488,7 @@ impl Hub {
             EventData::PriceUpdated(p) => Some((p.token.as_str(), p.chain_id)),
             _ => None,
         };
-        let now_ms = crate::telemetry::coarse_clock::now_ms();
+        let now_ms = entitlement::now_ms();
         let metrics = &self.inner.metrics;
         let mut st = self.state();
         if let Some(at) = &at {
@@ -503,7 +507,7 @@ impl Hub {
         let mut sent = 0u64;
         let mut offer = |id: &ConnId| {
             let Some(conn) = st.conns.get(id) else { return };
-            if !entitled(conn) || conn.killed.load(Ordering::Relaxed) {
+            if !entitled(conn) {
                 return;
             }
             match conn.tx.try_send(out.clone()) {
@@ -539,15 +543,14 @@ impl Hub {
     }
 }
 
-/// Whether a subscriber receives a route: the one rule of live delivery,
-/// and of resume replays.
+/// Whether a connection receives a route now: subscribed to its channel,
+/// not cut off (slow consumer, revoked), and entitled by the one rule
+/// ([`super::entitlement`]). Live delivery, the resume window and resume
+/// replays all ask here.
 fn entitled(conn: &Conn, route: &Route, now_ms: u64) -> bool {
     conn.channels[route.channel.index()]
-        && match &route.audience {
-            Audience::Everyone => true,
-            Audience::User(u) => conn.identity.as_ref().is_some_and(|i| &i.user_id == u && i.expires_at_ms > now_ms),
-            Audience::Operators => conn.identity.as_ref().is_some_and(|i| i.admin && i.expires_at_ms > now_ms),
-        }
+        && !conn.killed.load(Ordering::Relaxed)
+        && entitlement::may_receive(conn.identity.as_ref(), &route.audience, now_ms)
 }
 
 /// The `tokens` filter of a `prices` subscription: lowercase, without
@@ -804,6 +807,72 @@ mod tests {
         assert!(hub.state().users.is_empty());
     }
 
+    /// A queue that overflows cuts its connection off, counted once and
+    /// logged once; the others keep receiving, and the condemned one gets
+    /// nothing more.
+    #[test]
+    fn a_full_queue_cuts_off_that_connection_only() {
+        let hub = Hub::new(HubSettings { queue_capacity: 2, ..HubSettings::default() }, Arc::new(Metrics::new()));
+        let mut slow = hub.register().unwrap();
+        let mut fast = hub.register().unwrap();
+        hub.subscribe(slow.id, Channel::Prices, None);
+        hub.subscribe(fast.id, Channel::Prices, None);
+        let mut sent = Vec::new();
+        for _ in 0..3 {
+            sent.push(publish(&hub, Channel::Prices, Audience::Everyone, &price("ETH")));
+            assert_eq!(received(&mut fast), vec![*sent.last().unwrap()], "the reader keeps up");
+        }
+        assert!(slow.kill.is_cancelled(), "the third frame found the queue full");
+        assert_eq!(hub.metrics().slow_consumer_disconnects.get(), 1);
+        assert_eq!(hub.metrics().frames_dropped.with_label_values(&["slow_consumer"]).get(), 1);
+        let later = publish(&hub, Channel::Prices, Audience::Everyone, &price("ETH"));
+        assert_eq!(received(&mut slow), sent[..2].to_vec(), "what fitted, and nothing after the cut");
+        assert_eq!(received(&mut fast), vec![later]);
+        assert_eq!(hub.metrics().slow_consumer_disconnects.get(), 1, "cut off once");
+    }
+
+    /// A `prices` subscriber gets the latest price of each token as a
+    /// snapshot, then the live stream, in that order, with nothing twice.
+    #[test]
+    fn snapshots_come_first_then_live_frames() {
+        let hub = hub();
+        let early_eth = publish(&hub, Channel::Prices, Audience::Everyone, &price("ETH"));
+        let latest_eth = publish(&hub, Channel::Prices, Audience::Everyone, &price("ETH"));
+        let latest_sol = publish(&hub, Channel::Prices, Audience::Everyone, &price("SOL"));
+        let mut client = hub.register().unwrap();
+        assert_eq!(hub.subscribe(client.id, Channel::Prices, None), 2, "one snapshot per token and chain");
+        let live = publish(&hub, Channel::Prices, Audience::Everyone, &price("ETH"));
+        let frames: Vec<Outbound> = std::iter::from_fn(|| client.queue.try_recv().ok()).collect();
+        let ids: Vec<u128> = frames.iter().map(|f| f.event_id).collect();
+        assert_eq!(ids, vec![latest_eth, latest_sol, live], "not {early_eth}: only the latest price is a snapshot");
+        let snapshot = |f: &Outbound| serde_json::from_str::<serde_json::Value>(f.frame.as_str()).unwrap()["snapshot"] == true;
+        assert_eq!(frames.iter().map(snapshot).collect::<Vec<_>>(), vec![true, true, false]);
+    }
+
+    /// A resume replay passes the live rule: the connection's own user, a
+    /// valid token, the channel subscribed.
+    #[test]
+    fn replayed_frames_pass_the_live_entitlement_rule() {
+        let hub = hub();
+        let alice = hub.register().unwrap();
+        let expired = hub.register().unwrap();
+        hub.set_identity(alice.id, identity("alice", false, 60_000)).unwrap();
+        hub.set_identity(expired.id, identity("alice", false, -60_000)).unwrap();
+        for r in [&alice, &expired] {
+            hub.subscribe(r.id, Channel::Orders, None);
+        }
+        let replayed = |user: &str| {
+            let e = order(user);
+            let route = Route { channel: Channel::Orders, audience: Audience::User(user.into()) };
+            let frame = hub.frame_of(Channel::Orders, &e, None, None);
+            super::super::resume::Replayed { offset: 0, route, frame }
+        };
+        let admitted = hub.admitted(alice.id, Channel::Orders, vec![replayed("alice"), replayed("bob")]);
+        assert_eq!(admitted.len(), 1, "alice's own order only");
+        assert_eq!(hub.admitted(alice.id, Channel::Trades, vec![replayed("alice")]).len(), 0, "another channel");
+        assert_eq!(hub.admitted(expired.id, Channel::Orders, vec![replayed("alice")]).len(), 0, "an expired token");
+    }
+
     #[test]
     fn a_revocation_cuts_off_the_tokens_it_covers_and_refuses_them_afterwards() {
         let hub = hub();
@@ -879,7 +948,7 @@ impl Hub {
     /// (so the seam is exact), how the events after `since` reach it.
     pub fn subscribe_resume(&self, id: ConnId, channel: Channel, since: &str) -> ResumeStart {
         let parsed = Position::parse(since);
-        let now_ms = crate::telemetry::coarse_clock::now_ms();
+        let now_ms = entitlement::now_ms();
         let resume = &self.inner.resume;
         let mut st = self.state();
         let st = &mut *st;
@@ -897,7 +966,7 @@ impl Hub {
         if resume.streams.get(&pos.topic) != Some(pos.generation) {
             return ResumeStart::NotRecovered("other_stream");
         }
-        let Some(user) = conn.identity.as_ref().filter(|i| i.expires_at_ms > now_ms).map(|i| i.user_id.clone()) else {
+        let Some(user) = entitlement::valid(conn.identity.as_ref(), now_ms).map(|i| i.user_id.clone()) else {
             return ResumeStart::NotRecovered("unauthorized");
         };
         let users_partition = match pos.generation {
@@ -944,7 +1013,7 @@ impl Hub {
 
     /// The replayed frames on `channel` that the live rule lets `id` see now.
     pub fn admitted(&self, id: ConnId, channel: Channel, replayed: Vec<super::resume::Replayed>) -> Vec<Outbound> {
-        let now_ms = crate::telemetry::coarse_clock::now_ms();
+        let now_ms = entitlement::now_ms();
         let st = self.state();
         let Some(conn) = st.conns.get(&id) else { return Vec::new() };
         replayed.into_iter().filter(|r| r.route.channel == channel && entitled(conn, &r.route, now_ms)).map(|r| r.frame).collect()

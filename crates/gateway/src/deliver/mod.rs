@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod dedup;
+pub mod entitlement;
 pub mod frame;
 pub mod hub;
 pub mod prices;

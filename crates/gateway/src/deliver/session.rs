@@ -26,7 +26,8 @@ use super::dedup::RecentIds;
 use super::hub::{ConnId, Hub, Outbound, ResumeStart};
 use super::resume::{HistoryError, HistoryFuture};
 use super::protocol::{self, close_code, ErrorCode, ProtocolError, Request};
-use super::{Access, Channel};
+use super::entitlement::{self, Refusal};
+use super::Channel;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
@@ -608,20 +609,17 @@ impl Session {
         }
     }
 
+    /// The hub's rule ([`entitlement`]), on its clock: a subscription is
+    /// refused exactly when its events would not be delivered.
     fn check_access(&self, ch: Channel, id: &Option<serde_json::Value>) -> Result<(), ProtocolError> {
-        let now = moonx_events::validate::now_ms();
-        let valid = self.identity.as_ref().filter(|i| i.expires_at_ms > now);
-        match (ch.access(), valid) {
-            (Access::Anyone, _) => Ok(()),
-            (_, None) => Err(ProtocolError::new(
+        match entitlement::may_subscribe(self.identity.as_ref(), ch, entitlement::now_ms()) {
+            Ok(()) => Ok(()),
+            Err(Refusal::Unauthenticated) => Err(ProtocolError::new(
                 ErrorCode::Unauthorized,
                 format!("{} is private: authenticate first (auth message, ?token= or Authorization: Bearer)", ch.as_str()),
                 id.clone(),
             )),
-            (Access::Admin, Some(i)) if !i.admin => {
-                Err(ProtocolError::new(ErrorCode::Forbidden, "system needs the admin role", id.clone()))
-            }
-            _ => Ok(()),
+            Err(Refusal::NotAdmin) => Err(ProtocolError::new(ErrorCode::Forbidden, "system needs the admin role", id.clone())),
         }
     }
 
