@@ -1,6 +1,8 @@
-//! Logs and metrics. Every notable pipeline outcome is recorded by one call
-//! that both logs and counts (as vector's internal events do), so the log
-//! and `/metrics` never disagree.
+//! Logs and metrics. Every notable outcome that is both logged and counted
+//! is a value with one `emit()` that does both (`events`, as vector's
+//! internal events do), so the log and `/metrics` never disagree.
+
+pub mod events;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -101,6 +103,7 @@ pub struct Metrics {
     pub header_timeouts: IntCounter,
     pub http_write_timeouts: IntCounter,
     pub client_errors: IntCounterVec,
+    pub auth_refusals: IntCounterVec,
     pub end_to_end_latency: HistogramVec,
     pub pipeline_seconds: Histogram,
 }
@@ -147,6 +150,7 @@ impl Metrics {
             header_timeouts: reg!(IntCounter::new("http_header_timeouts_total", "HTTP connections closed because a request's headers did not arrive in time (or a keep-alive connection stayed idle).")),
             http_write_timeouts: reg!(IntCounter::new("http_write_timeouts_total", "HTTP connections closed because a response could not be written for HTTP_WRITE_TIMEOUT_MS (the client does not read).")),
             client_errors: reg!(counter_vec("client_errors_total", "Error frames sent to clients, by code.", &["code"])),
+            auth_refusals: reg!(counter_vec("auth_refusals_total", "Tokens refused on WebSocket connections, by reason (expired, bad_signature, …, revoked, max_connections_per_user).", &["reason"])),
             end_to_end_latency: reg!(HistogramVec::new(
                 HistogramOpts::new("end_to_end_latency_seconds", "Event timestamp to frame written, by channel.").buckets(latency_buckets.clone()),
                 &["channel"]

@@ -82,6 +82,23 @@ pub enum AuthError {
     CriticalHeader,
 }
 
+impl AuthError {
+    /// The `reason` label of `auth_refusals_total` (and of the log line).
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthError::NotConfigured => "not_configured",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::LifetimeTooLong => "lifetime_too_long",
+            AuthError::Malformed => "malformed",
+            AuthError::WrongAlgorithm => "wrong_algorithm",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::BadClaims => "bad_claims",
+            AuthError::CriticalHeader => "critical_header",
+        }
+    }
+}
+
 impl Authenticator {
     /// `max_lifetime_secs`: how far ahead of now a token's `exp` may be.
     pub fn new(secret: Option<&str>, max_lifetime_secs: u64) -> Self {

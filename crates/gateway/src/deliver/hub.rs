@@ -37,6 +37,7 @@ use super::revocation::Revocations;
 use super::resume::{At, Position, Resume, ResumeMetrics, ResumeSettings, Streams, Windows};
 use super::{Audience, Channel};
 use crate::deliver::Route;
+use crate::telemetry::events::{InternalEvent, SlowConsumerCut};
 use crate::telemetry::Metrics;
 use super::frame::utf8;
 use super::prices::LatestPrices;
@@ -161,6 +162,17 @@ pub enum HubError {
     TooManyConnectionsForUser,
     #[error("this session was revoked: sign in again to get a new token")]
     Revoked,
+}
+
+impl HubError {
+    /// The metric label (`connections_rejected_total`, `auth_refusals_total`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            HubError::TooManyConnections => "max_connections",
+            HubError::TooManyConnectionsForUser => "max_connections_per_user",
+            HubError::Revoked => "revoked",
+        }
+    }
 }
 
 /// What a new connection gets from the hub.
@@ -290,8 +302,9 @@ impl Hub {
             if let (false, Some(n)) = (same_user, &identity)
                 && st.users.get(&n.user_id).is_some_and(|u| u.conns.len() >= self.inner.settings.max_connections_per_user)
             {
-                self.inner.metrics.connections_rejected.with_label_values(&["max_connections_per_user"]).inc();
-                return Err(HubError::TooManyConnectionsForUser);
+                let refused = HubError::TooManyConnectionsForUser;
+                self.inner.metrics.connections_rejected.with_label_values(&[refused.label()]).inc();
+                return Err(refused);
             }
             let old = std::mem::replace(&mut conn.identity, identity.clone());
             let still_admin = identity.as_ref().is_some_and(|i| i.admin);
@@ -515,9 +528,7 @@ impl Hub {
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     conn.killed.store(true, Ordering::Relaxed);
                     conn.kill.cancel();
-                    metrics.slow_consumer_disconnects.inc();
-                    metrics.frames_dropped.with_label_values(&["slow_consumer"]).inc();
-                    tracing::warn!(connection = id, "slow consumer: queue full, disconnecting");
+                    SlowConsumerCut { connection: *id }.emit(metrics);
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     metrics.frames_dropped.with_label_values(&["closed"]).inc();

@@ -466,6 +466,46 @@ impl ResumeMetrics {
     }
 }
 
+/// How one subscription with `since` ended up: served (with how many
+/// missed events, from where) or not recovered (why). One value, one
+/// `emit()`: the `result` label of `resume_requests_total` and the log
+/// line's `result` are the same code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeOutcome {
+    /// Replayed `events` missed events from `source` (`memory` or `kafka`).
+    Recovered { source: &'static str, events: usize },
+    /// Live only, and why (`invalid`, `too_old`, `timeout`, …).
+    NotRecovered(&'static str),
+}
+
+impl ResumeOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            ResumeOutcome::Recovered { .. } => "recovered",
+            ResumeOutcome::NotRecovered(why) => why,
+        }
+    }
+
+    /// Counts and logs the outcome; `elapsed`, when given, joins `resume_seconds`.
+    pub fn emit(self, metrics: &ResumeMetrics, connection: u64, channel: Channel, elapsed: Option<Duration>) {
+        metrics.requests.with_label_values(&[self.label()]).inc();
+        if let ResumeOutcome::Recovered { source, events } = self {
+            metrics.events.with_label_values(&[source]).inc_by(events as u64);
+        }
+        if let Some(elapsed) = elapsed {
+            metrics.seconds.observe(elapsed.as_secs_f64());
+        }
+        match self {
+            ResumeOutcome::Recovered { source, events } => {
+                tracing::debug!(connection, channel = channel.as_str(), result = self.label(), source, events, "resume served")
+            }
+            ResumeOutcome::NotRecovered(_) => {
+                tracing::debug!(connection, channel = channel.as_str(), result = self.label(), "resume not recovered: live only")
+            }
+        }
+    }
+}
+
 /// Everything resume needs beside the hub's state.
 pub struct Resume {
     pub settings: ResumeSettings,

@@ -24,9 +24,10 @@
 use super::auth::{Authenticator, Identity};
 use super::dedup::RecentIds;
 use super::hub::{ConnId, Hub, Outbound, ResumeStart};
-use super::resume::{HistoryError, HistoryFuture};
+use super::resume::{HistoryError, HistoryFuture, ResumeOutcome};
 use super::protocol::{self, close_code, ErrorCode, ProtocolError, Request};
 use super::entitlement::{self, Refusal};
+use crate::telemetry::events::{AuthRefused, InternalEvent};
 use super::Channel;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::stream::SplitSink;
@@ -478,18 +479,16 @@ impl Session {
         let started = Instant::now();
         if self.hub.is_subscribed(self.id, ch) {
             // The live stream already runs: what came before it cannot be told apart.
-            metrics.requests.with_label_values(&["already_subscribed"]).inc();
+            ResumeOutcome::NotRecovered("already_subscribed").emit(&metrics, self.id, ch, None);
             return Some(protocol::subscribed_resumed(ch, false, 0, id));
         }
         match self.hub.subscribe_resume(self.id, ch, since) {
             ResumeStart::NotRecovered(why) => {
-                metrics.requests.with_label_values(&[why]).inc();
+                ResumeOutcome::NotRecovered(why).emit(&metrics, self.id, ch, None);
                 Some(protocol::subscribed_resumed(ch, false, 0, id))
             }
             ResumeStart::Recovered { frames, skip_through } => {
-                metrics.requests.with_label_values(&["recovered"]).inc();
-                metrics.events.with_label_values(&["memory"]).inc_by(frames.len() as u64);
-                metrics.seconds.observe(started.elapsed().as_secs_f64());
+                ResumeOutcome::Recovered { source: "memory", events: frames.len() }.emit(&metrics, self.id, ch, Some(started.elapsed()));
                 self.skip_through[ch as usize] = skip_through;
                 let reply = protocol::subscribed_resumed(ch, true, frames.len(), id);
                 self.replay = frames;
@@ -506,24 +505,23 @@ impl Session {
     fn resumed(&mut self, read: Result<Vec<super::resume::Replayed>, HistoryError>) -> String {
         let Resuming { channel, id, started, .. } = self.resuming.take().expect("a resume was in flight");
         let metrics = self.hub.resume_metrics().clone();
-        metrics.seconds.observe(started.elapsed().as_secs_f64());
+        let elapsed = Some(started.elapsed());
         if !self.hub.is_subscribed(self.id, channel) {
             // Unsubscribed (or the identity changed) while the history was read.
-            metrics.requests.with_label_values(&["unsubscribed"]).inc();
+            ResumeOutcome::NotRecovered("unsubscribed").emit(&metrics, self.id, channel, elapsed);
             self.held.clear();
             return protocol::subscribed_resumed(channel, false, 0, &id);
         }
         match read {
             Ok(replayed) => {
                 let frames = self.hub.admitted(self.id, channel, replayed);
-                metrics.requests.with_label_values(&["recovered"]).inc();
-                metrics.events.with_label_values(&["kafka"]).inc_by(frames.len() as u64);
+                ResumeOutcome::Recovered { source: "kafka", events: frames.len() }.emit(&metrics, self.id, channel, elapsed);
                 let reply = protocol::subscribed_resumed(channel, true, frames.len(), &id);
                 self.replay = frames;
                 reply
             }
             Err(e) => {
-                metrics.requests.with_label_values(&[e.label()]).inc();
+                ResumeOutcome::NotRecovered(e.label()).emit(&metrics, self.id, channel, elapsed);
                 protocol::subscribed_resumed(channel, false, 0, &id)
             }
         }
@@ -588,7 +586,7 @@ impl Session {
                         return Ok(String::new());
                     }
                     if ch == Channel::System {
-                        self.hub.resume_metrics().requests.with_label_values(&["not_resumable"]).inc();
+                        ResumeOutcome::NotRecovered("not_resumable").emit(self.hub.resume_metrics(), self.id, ch, None);
                         self.pending_subscription = Some((ch, None));
                         return Ok(protocol::subscribed_resumed(ch, false, 0, id));
                     }
@@ -627,6 +625,7 @@ impl Session {
         match self.auth.verify(token) {
             Ok(identity) => {
                 if let Err(e) = self.hub.set_identity(self.id, Some(identity.clone())) {
+                    AuthRefused { connection: self.id, reason: e.label() }.emit(self.hub.metrics());
                     if e == super::hub::HubError::Revoked {
                         return Err(ProtocolError::new(ErrorCode::Unauthorized, e.to_string(), id.clone()));
                     }
@@ -639,7 +638,10 @@ impl Session {
                 self.identity = Some(identity);
                 Ok(reply)
             }
-            Err(e) => Err(ProtocolError::new(ErrorCode::Unauthorized, e.to_string(), id.clone())),
+            Err(e) => {
+                AuthRefused { connection: self.id, reason: e.label() }.emit(self.hub.metrics());
+                Err(ProtocolError::new(ErrorCode::Unauthorized, e.to_string(), id.clone()))
+            }
         }
     }
 

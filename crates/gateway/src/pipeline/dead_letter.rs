@@ -32,6 +32,7 @@
 
 use super::Failure;
 use crate::pipeline::Record;
+use crate::telemetry::events::{DeadLetterRefused, DeadLetterTruncated, DeadLetterWriteFailed, DeadLetterWritten, InternalEvent};
 use crate::telemetry::Metrics;
 use base64::Engine as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -324,7 +325,7 @@ impl DeadLetterWriter {
                     l.pop_front();
                 }
                 l.push_back(letter.clone());
-                metrics.dlq_writes.with_label_values(&[letter.failure.reason.as_str()]).inc();
+                DeadLetterWritten { id: &letter.id, reason: letter.failure.reason.as_str(), at: None }.emit(metrics);
                 return true;
             }
             DeadLetterWriter::Skip => return true,
@@ -353,35 +354,29 @@ impl DeadLetterWriter {
             match producer.send(record, Duration::from_secs(10)).await {
                 Ok(d) => {
                     health.set(partition, false);
-                    metrics.dlq_writes.with_label_values(&[reason]).inc();
                     if !matches!(form, Form::Full) {
-                        metrics.dlq_truncated.with_label_values(&[reason]).inc();
-                        tracing::error!(
-                            dlq.id = %letter.id, reason, original_bytes = original_size,
-                            "the DLQ refused the dead letter in full; wrote a fallback letter without the whole value"
-                        );
+                        DeadLetterTruncated { id: &letter.id, reason, original_bytes: original_size }.emit(metrics);
                     }
-                    tracing::info!(dlq.id = %letter.id, reason, partition = d.partition, offset = d.offset, "dead letter written");
+                    DeadLetterWritten { id: &letter.id, reason, at: Some((d.partition, d.offset)) }.emit(metrics);
                     return true;
                 }
                 Err((e, _)) if is_permanent(&e) => {
-                    metrics.dlq_write_errors.inc();
-                    form = match form {
-                        Form::Full => Form::Prefix,
-                        Form::Prefix => Form::HeadersOnly,
-                        Form::HeadersOnly => {
-                            health.set(partition, false);
-                            tracing::error!(dlq.id = %letter.id, reason, "the DLQ refuses even a headers-only dead letter ({e}); moving on without one");
-                            return true;
-                        }
+                    let next = match form {
+                        Form::Full => Some(Form::Prefix),
+                        Form::Prefix => Some(Form::HeadersOnly),
+                        Form::HeadersOnly => None,
                     };
-                    tracing::warn!(dlq.id = %letter.id, reason, "the DLQ refused the dead letter permanently ({e}); writing a fallback");
+                    DeadLetterRefused { id: &letter.id, reason, error: &e, fallback_follows: next.is_some() }.emit(metrics);
+                    let Some(next) = next else {
+                        health.set(partition, false);
+                        return true;
+                    };
+                    form = next;
                     continue;
                 }
                 Err((e, _)) => {
                     health.set(partition, true);
-                    metrics.dlq_write_errors.inc();
-                    tracing::error!(dlq.id = %letter.id, "writing the dead letter failed, holding the offset: {e}");
+                    DeadLetterWriteFailed { id: &letter.id, reason, partition, error: &e }.emit(metrics);
                 }
             }
             tokio::select! {

@@ -16,6 +16,7 @@ pub mod dead_letter;
 pub mod router;
 
 use crate::deliver::Hub;
+use crate::telemetry::events::{InternalEvent, RecordFailed};
 use crate::telemetry::Metrics;
 use moonx_events::decode::{decode_event, DecodeOptions};
 use moonx_events::{DecodeError, Event, EventType, ValidationErrors};
@@ -197,13 +198,17 @@ impl Pipeline {
             self.hub.note_processed(at_of(record));
         }
         if let Outcome::Failed(f) = &outcome {
-            let event_type = f.event_type.as_deref().unwrap_or("unknown");
-            self.metrics.events_failed.with_label_values(&[event_type, f.reason.as_str()]).inc();
-            tracing::warn!(
-                topic = record.topic, partition = record.partition, offset = record.offset,
-                reason = f.reason.as_str(), eventType = event_type, eventId = f.event_id.as_deref(),
-                attempts = f.attempts, "record not routed: {}", f.message
-            );
+            RecordFailed {
+                topic: record.topic,
+                partition: record.partition,
+                offset: record.offset,
+                reason: f.reason.as_str(),
+                event_type: f.event_type.as_deref().unwrap_or("unknown"),
+                event_id: f.event_id.as_deref(),
+                attempts: f.attempts,
+                message: &f.message,
+            }
+            .emit(&self.metrics);
         }
         outcome
     }
