@@ -421,7 +421,7 @@ mod tests {
                 .collect(),
         );
         Failure {
-            reason: FailureReason::InvalidEvent,
+            reason: FailureReason::from(&moonx_events::DecodeError::Invalid(errors.clone())),
             message: "m".repeat(5000),
             errors: Some(errors),
             attempts: 1,

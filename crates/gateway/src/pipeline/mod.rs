@@ -38,18 +38,16 @@ pub struct Record<'a> {
 }
 
 /// Why a record was not routed. Codes are stable: they are the DLQ reasons
-/// and the `reason` label of `events_failed_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+/// and the `reason` label of `events_failed_total`. The codes of a record
+/// that does not decode are the decoder's own ([`DecodeError::code`]:
+/// `invalid_json`, `invalid_event`, `legacy_unmigratable`), the same the
+/// publish API, `tail` and `dlq replay` report: one code set, not a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureReason {
     /// A record without a value (tombstone).
     EmptyRecord,
-    /// Not UTF-8 JSON.
-    InvalidJson,
-    /// JSON that breaks the event contract.
-    InvalidEvent,
-    /// A legacy message that cannot be migrated.
-    LegacyUnmigratable,
+    /// The value does not decode into an event: the [`DecodeError::code`].
+    Undecodable(&'static str),
     /// No handler is registered for the event type.
     NoHandler,
     /// The handler failed permanently, or transiently past the retry budget,
@@ -64,13 +62,23 @@ impl FailureReason {
     pub fn as_str(self) -> &'static str {
         match self {
             FailureReason::EmptyRecord => "empty_record",
-            FailureReason::InvalidJson => "invalid_json",
-            FailureReason::InvalidEvent => "invalid_event",
-            FailureReason::LegacyUnmigratable => "legacy_unmigratable",
+            FailureReason::Undecodable(code) => code,
             FailureReason::NoHandler => "no_handler",
             FailureReason::HandlerFailed => "handler_failed",
             FailureReason::NoAudience => "no_audience",
         }
+    }
+}
+
+impl From<&DecodeError> for FailureReason {
+    fn from(e: &DecodeError) -> Self {
+        FailureReason::Undecodable(e.code())
+    }
+}
+
+impl serde::Serialize for FailureReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -231,17 +239,10 @@ impl Pipeline {
                 Ok((event, original))
             }
             Err(e) => {
-                let reason = match &e {
-                    DecodeError::InvalidJson(_) => FailureReason::InvalidJson,
-                    DecodeError::Invalid(errs) => {
-                        for err in errs.iter() {
-                            self.metrics.validation_failures.with_label_values(&[err.code.as_str()]).inc();
-                        }
-                        FailureReason::InvalidEvent
-                    }
-                    DecodeError::Legacy(_) => FailureReason::LegacyUnmigratable,
-                };
-                let mut failure = Failure::new(reason, e.to_string());
+                for err in e.validation_errors().into_iter().flat_map(|errs| errs.iter()) {
+                    self.metrics.validation_failures.with_label_values(&[err.code.as_str()]).inc();
+                }
+                let mut failure = Failure::new(FailureReason::from(&e), e.to_string());
                 failure.errors = e.validation_errors().cloned();
                 let (event_type, event_id) = peek_ids(payload);
                 failure.event_type = event_type.filter(|t| self.router.registry().is_known(&moonx_events::EventType::parse(t)));
@@ -354,5 +355,33 @@ fn peek_ids(payload: &[u8]) -> (Option<String>, Option<String>) {
     match serde_json::from_slice::<Peek>(payload) {
         Ok(p) => (text(p.metadata.event_type), text(p.metadata.event_id)),
         Err(_) => (None, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moonx_events::decode::decode_event;
+    use moonx_events::TypeRegistry;
+
+    /// A record that does not decode fails with the decoder's own code, in
+    /// the label, the dead letter's reason and the JSON alike.
+    #[test]
+    fn undecodable_records_fail_with_the_decoders_code() {
+        let registry = TypeRegistry::new();
+        let options = DecodeOptions::new(&registry);
+        let legacy = DecodeError::Legacy(moonx_events::legacy::LegacyError::UnknownType("x".into()));
+        let errors = [
+            decode_event(b"not json", &options).unwrap_err(),
+            decode_event(b"{\"metadata\":{}}", &options).unwrap_err(),
+            legacy,
+        ];
+        let codes: Vec<&str> = errors.iter().map(|e| FailureReason::from(e).as_str()).collect();
+        assert_eq!(codes, ["invalid_json", "invalid_event", "legacy_unmigratable"]);
+        for e in &errors {
+            assert_eq!(FailureReason::from(e).as_str(), e.code());
+            assert_eq!(serde_json::to_value(FailureReason::from(e)).unwrap(), e.code());
+        }
+        assert_eq!(serde_json::to_value(FailureReason::NoAudience).unwrap(), "no_audience");
     }
 }
