@@ -89,6 +89,41 @@ pub mod defaults {
     /// Default of `WS_PRESENCE_GRACE_MS`: a page reload or a network blip
     /// reconnects within a few seconds and should not count as leaving.
     pub const WS_PRESENCE_GRACE_MS: u64 = 5_000;
+    /// Default of `WS_MAX_CONNECTIONS`: what one instance is sized for
+    /// (about 8 KiB per idle connection: under 1 GiB in all).
+    pub const WS_MAX_CONNECTIONS: u32 = 100_000;
+    /// Default of `WS_MAX_FRAME_BYTES`: a client message is a small JSON
+    /// request; a subscribe with a full token filter fits with room to spare.
+    pub const WS_MAX_FRAME_BYTES: u32 = 16 * 1024;
+    /// Default of `WS_MAX_SUBSCRIPTIONS`: five channels, re-subscribed with
+    /// other filters, fit many times over; it bounds one connection's cost.
+    pub const WS_MAX_SUBSCRIPTIONS: usize = 32;
+    /// Default of `WS_RATE_LIMIT_PER_SEC`: a client sends a few requests a
+    /// second at most (subscribe, ping); a flood is cut to this.
+    pub const WS_RATE_LIMIT_PER_SEC: u32 = 20;
+    /// Default of `WS_RATE_LIMIT_BURST`: a page that subscribes its channels
+    /// at once on load is not throttled.
+    pub const WS_RATE_LIMIT_BURST: u32 = 40;
+    /// Default of `WS_QUEUE_CAPACITY`: about a second of a busy price feed
+    /// per connection before it is judged a slow consumer.
+    pub const WS_QUEUE_CAPACITY: u32 = 1024;
+    /// Default of `WS_DEDUP_WINDOW`: more than the events a redelivery after
+    /// a rebalance brings back to one connection.
+    pub const WS_DEDUP_WINDOW: usize = 1024;
+    /// Default of `PORT`: the seed gateway's port, which clients already use.
+    pub const PORT: u16 = 3008;
+    /// Default of `HANDLER_MAX_ATTEMPTS`: a transient error gets two retries
+    /// before the record is dead-lettered.
+    pub const HANDLER_MAX_ATTEMPTS: u32 = 3;
+    /// Default of `EVENT_VALIDATION_ENABLED`: on; the contract is what
+    /// protects clients from a careless producer.
+    pub const EVENT_VALIDATION_ENABLED: bool = true;
+    /// Default of `HANDLER_RETRY_BACKOFF_MS`: the first retry's delay (then
+    /// doubled): short, since a retry holds its partition.
+    pub const HANDLER_RETRY_BACKOFF_MS: u64 = 50;
+    /// Default of `KAFKA_STATS_INTERVAL_MS`: lag and broker health refreshed
+    /// every second, at a negligible cost.
+    pub const KAFKA_STATS_INTERVAL_MS: u64 = 1000;
     /// Upper bound of `JWT_MAX_LIFETIME_SECS`: ten years keeps `exp` in
     /// milliseconds far below 2^53.
     pub const JWT_MAX_LIFETIME_SECS_LIMIT: u64 = 10 * 366 * 24 * 3600;
@@ -214,7 +249,7 @@ pub struct ConsumerArgs {
     #[arg(long, env = env::KAFKA_LEGACY_TOPICS_ENABLED, default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub legacy_topics: bool,
     /// librdkafka statistics interval (lag metric, broker health).
-    #[arg(long, env = env::KAFKA_STATS_INTERVAL_MS, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..))]
+    #[arg(long, env = env::KAFKA_STATS_INTERVAL_MS, default_value_t = defaults::KAFKA_STATS_INTERVAL_MS, value_parser = clap::value_parser!(u64).range(100..))]
     pub stats_interval_ms: u64,
     /// Where a new instance (no committed position yet) starts: `latest`
     /// serves the live feed; `earliest` replays the topic's retention.
@@ -247,13 +282,13 @@ impl ConsumerArgs {
 #[derive(Debug, Clone, Args)]
 pub struct PipelineArgs {
     /// Validate every event against the contract before routing.
-    #[arg(long, env = env::EVENT_VALIDATION_ENABLED, default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    #[arg(long, env = env::EVENT_VALIDATION_ENABLED, default_value_t = defaults::EVENT_VALIDATION_ENABLED, value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub validation: bool,
     /// Attempts of a handler on a transient error before dead-lettering.
-    #[arg(long, env = env::HANDLER_MAX_ATTEMPTS, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    #[arg(long, env = env::HANDLER_MAX_ATTEMPTS, default_value_t = defaults::HANDLER_MAX_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub handler_max_attempts: u32,
     /// First retry delay; doubles on each attempt.
-    #[arg(long, env = env::HANDLER_RETRY_BACKOFF_MS, default_value_t = 50)]
+    #[arg(long, env = env::HANDLER_RETRY_BACKOFF_MS, default_value_t = defaults::HANDLER_RETRY_BACKOFF_MS)]
     pub handler_retry_backoff_ms: u64,
     /// Append one JSON line per routed event to this file (debugging aid,
     /// also used by the delivery tests).
@@ -307,7 +342,7 @@ pub struct HttpArgs {
     #[arg(long, env = env::HOST)]
     pub host: Option<std::net::IpAddr>,
     /// Port of HTTP and WebSocket (`/ws`); 0 picks a free port.
-    #[arg(long, env = env::PORT, default_value_t = 3008)]
+    #[arg(long, env = env::PORT, default_value_t = defaults::PORT)]
     pub port: u16,
     /// Time for a request's headers to arrive, and the longest a keep-alive
     /// connection may wait idle for its next request.
@@ -349,24 +384,24 @@ pub struct WsArgs {
     pub allowed_origins: Vec<String>,
     /// Connections at once: every accepted socket (WebSocket, HTTP, or one
     /// still sending its request) takes one of these slots.
-    #[arg(long, env = env::WS_MAX_CONNECTIONS, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = env::WS_MAX_CONNECTIONS, default_value_t = defaults::WS_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
     /// Largest client frame accepted, in bytes.
-    #[arg(long, env = env::WS_MAX_FRAME_BYTES, default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(64..))]
+    #[arg(long, env = env::WS_MAX_FRAME_BYTES, default_value_t = defaults::WS_MAX_FRAME_BYTES, value_parser = clap::value_parser!(u32).range(64..))]
     pub max_frame_bytes: u32,
-    #[arg(long, env = env::WS_MAX_SUBSCRIPTIONS, default_value_t = 32)]
+    #[arg(long, env = env::WS_MAX_SUBSCRIPTIONS, default_value_t = defaults::WS_MAX_SUBSCRIPTIONS)]
     pub max_subscriptions: usize,
     /// Client messages per second, sustained.
-    #[arg(long, env = env::WS_RATE_LIMIT_PER_SEC, default_value_t = 20)]
+    #[arg(long, env = env::WS_RATE_LIMIT_PER_SEC, default_value_t = defaults::WS_RATE_LIMIT_PER_SEC)]
     pub rate_limit_per_sec: u32,
     /// Client messages allowed in a burst.
-    #[arg(long, env = env::WS_RATE_LIMIT_BURST, default_value_t = 40)]
+    #[arg(long, env = env::WS_RATE_LIMIT_BURST, default_value_t = defaults::WS_RATE_LIMIT_BURST)]
     pub rate_limit_burst: u32,
     /// Frames queued per connection before it is dropped as a slow consumer.
-    #[arg(long, env = env::WS_QUEUE_CAPACITY, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = env::WS_QUEUE_CAPACITY, default_value_t = defaults::WS_QUEUE_CAPACITY, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_capacity: u32,
     /// Recent eventIds remembered per connection to drop redeliveries.
-    #[arg(long, env = env::WS_DEDUP_WINDOW, default_value_t = 1024)]
+    #[arg(long, env = env::WS_DEDUP_WINDOW, default_value_t = defaults::WS_DEDUP_WINDOW)]
     pub dedup_window: usize,
     /// Produce user.connected / user.disconnected for authenticated users.
     #[arg(long, env = env::WS_PRESENCE_EVENTS, default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]

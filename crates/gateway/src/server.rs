@@ -467,3 +467,37 @@ mod presence_tests {
 fn rand_epoch() -> u64 {
     uuid::Uuid::new_v4().as_u64_pair().0
 }
+
+#[cfg(test)]
+mod defaults_tests {
+    use crate::config::CommonArgs;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    /// The flags' defaults and the runtime settings' defaults are the same
+    /// constants: a gateway built from no flags is one built from `Default`.
+    #[test]
+    fn clap_and_runtime_defaults_agree() {
+        let CommonArgs { pipeline, ws, .. } = Cli::try_parse_from(["moonx-ws"]).expect("no flag is required").common;
+        let limits = crate::deliver::session::Limits::default();
+        assert_eq!(
+            (ws.max_frame_bytes as usize, ws.max_subscriptions, ws.rate_limit_per_sec, ws.rate_limit_burst, ws.dedup_window, ws.max_filter_tokens as usize, ws.write_timeout()),
+            (limits.max_frame_bytes, limits.max_subscriptions, limits.rate_per_sec, limits.rate_burst, limits.dedup_window, limits.max_filter_tokens, limits.write_timeout)
+        );
+        let hub = crate::deliver::HubSettings::default();
+        assert_eq!(
+            (ws.queue_capacity as usize, ws.max_connections as usize, ws.max_connections_per_user as usize),
+            (hub.queue_capacity, hub.max_connections, hub.max_connections_per_user)
+        );
+        let options = crate::pipeline::PipelineOptions::default();
+        assert_eq!(
+            (pipeline.validation, pipeline.handler_max_attempts, pipeline.handler_retry_backoff()),
+            (options.validate, options.handler_max_attempts, options.handler_retry_backoff)
+        );
+    }
+}

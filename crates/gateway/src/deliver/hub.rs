@@ -63,10 +63,11 @@ pub struct HubSettings {
 
 impl Default for HubSettings {
     fn default() -> Self {
+        use crate::config::defaults;
         HubSettings {
-            queue_capacity: 1024,
-            max_connections: 100_000,
-            max_connections_per_user: crate::config::defaults::WS_MAX_CONNECTIONS_PER_USER as usize,
+            queue_capacity: defaults::WS_QUEUE_CAPACITY as usize,
+            max_connections: defaults::WS_MAX_CONNECTIONS as usize,
+            max_connections_per_user: defaults::WS_MAX_CONNECTIONS_PER_USER as usize,
         }
     }
 }

@@ -116,18 +116,23 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
+        use crate::config::defaults;
         Limits {
-            max_frame_bytes: 16 * 1024,
-            max_subscriptions: 32,
-            rate_per_sec: 20,
-            rate_burst: 40,
-            dedup_window: 1024,
-            max_consecutive_errors: 20,
+            max_frame_bytes: defaults::WS_MAX_FRAME_BYTES as usize,
+            max_subscriptions: defaults::WS_MAX_SUBSCRIPTIONS,
+            rate_per_sec: defaults::WS_RATE_LIMIT_PER_SEC,
+            rate_burst: defaults::WS_RATE_LIMIT_BURST,
+            dedup_window: defaults::WS_DEDUP_WINDOW,
+            max_consecutive_errors: MAX_CONSECUTIVE_ERRORS,
             max_filter_tokens: crate::config::defaults::WS_MAX_FILTER_TOKENS as usize,
             write_timeout: Duration::from_millis(crate::config::defaults::WS_WRITE_TIMEOUT_MS),
         }
     }
 }
+
+/// Client errors in a row after which the connection is closed (1008): a
+/// buggy client sees its errors first, a hostile one cannot loop for free.
+const MAX_CONSECUTIVE_ERRORS: u32 = 20;
 
 /// Frames written per flush, at most.
 const WRITE_BATCH: usize = 64;

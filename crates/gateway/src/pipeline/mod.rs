@@ -134,7 +134,12 @@ pub struct PipelineOptions {
 
 impl Default for PipelineOptions {
     fn default() -> Self {
-        PipelineOptions { validate: true, handler_max_attempts: 3, handler_retry_backoff: Duration::from_millis(50) }
+        use crate::config::defaults;
+        PipelineOptions {
+            validate: defaults::EVENT_VALIDATION_ENABLED,
+            handler_max_attempts: defaults::HANDLER_MAX_ATTEMPTS,
+            handler_retry_backoff: Duration::from_millis(defaults::HANDLER_RETRY_BACKOFF_MS),
+        }
     }
 }
 
