@@ -7,13 +7,16 @@ pub mod producer;
 
 use rdkafka::ClientConfig;
 
+/// `reconnect.backoff.max.ms`: a broker that is briefly away is retried at
+/// least every 2 s, and never surfaces as a hard error.
+const RECONNECT_BACKOFF_MAX_MS: &str = "2000";
+
 /// Settings every client of ours starts from.
 pub fn client_config(brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
         .set("client.id", "moonx-ws")
-        // A broker that is briefly away must not surface as a hard error.
-        .set("reconnect.backoff.max.ms", "2000")
+        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
         .set("socket.keepalive.enable", "true");
     c
 }

@@ -20,14 +20,26 @@ pub fn create_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
     Ok(producer_config(brokers).create()?)
 }
 
+/// `linger.ms`: records wait up to 2 ms to share a batch: batching under
+/// load, for a latency nobody notices.
+const LINGER_MS: &str = "2";
+/// `compression.type`: gzip, the codec every Kafka client (and KafkaJS
+/// without plugins) reads; JSON events shrink several times.
+const COMPRESSION: &str = "gzip";
+/// `message.timeout.ms`: a record not acknowledged in 30 s is reported
+/// failed (then retried by our callers), rather than waiting forever.
+const MESSAGE_TIMEOUT_MS: &str = "30000";
+/// How long [`send_event`] waits for room in the producer queue.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The settings every producer of events (or dead letters) shares.
 fn producer_config(brokers: &str) -> rdkafka::ClientConfig {
     let mut c = super::client_config(brokers);
     c.set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "2")
-        .set("compression.type", "gzip")
-        .set("message.timeout.ms", "30000");
+        .set("linger.ms", LINGER_MS)
+        .set("compression.type", COMPRESSION)
+        .set("message.timeout.ms", MESSAGE_TIMEOUT_MS);
     c
 }
 
@@ -60,7 +72,7 @@ pub async fn send_event(producer: &FutureProducer, topic: &str, event: &Event) -
         .payload(&payload)
         .headers(event_headers(event));
     let (partition, offset) = producer
-        .send(record, Duration::from_secs(30))
+        .send(record, QUEUE_TIMEOUT)
         .await
         .map(|d| (d.partition, d.offset))
         .map_err(|(e, _)| anyhow::anyhow!("producing {} to {topic}: {e}", event.metadata.event_id))?;

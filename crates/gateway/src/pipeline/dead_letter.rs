@@ -77,6 +77,9 @@ pub const MAX_ERRORS_BYTES: usize = 16 * 1024;
 pub const MAX_HEADER_TEXT_BYTES: usize = 1024;
 /// A fallback letter keeps this much of the original value: enough to identify it.
 pub const FALLBACK_PREFIX_BYTES: usize = 16 * 1024;
+/// How long one write attempt waits for room in the producer's queue
+/// before it counts as a transient failure (and is retried with backoff).
+const SEND_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A dead letter, ready to be written.
 #[derive(Debug, Clone)]
@@ -351,7 +354,7 @@ impl DeadLetterWriter {
                 Some(k) => record.key(k.as_slice()),
                 None => record.key(letter.id.as_bytes()),
             };
-            match producer.send(record, Duration::from_secs(10)).await {
+            match producer.send(record, SEND_QUEUE_TIMEOUT).await {
                 Ok(d) => {
                     health.set(partition, false);
                     if !matches!(form, Form::Full) {

@@ -120,6 +120,24 @@ pub struct WorkerGate {
 /// How long a revoke waits for a worker to finish the record in hand.
 const REVOKE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+// librdkafka tuning of the consumer, and our own waits around it.
+/// `auto.commit.interval.ms`: stored offsets are committed every second, so
+/// a crash replays at most about a second of records (de-duplicated by eventId).
+const AUTO_COMMIT_INTERVAL_MS: &str = "1000";
+/// `session.timeout.ms`: a dead instance's partitions move after 10 s; long
+/// enough that a GC-free but busy process is not thrown out by a slow poll.
+const SESSION_TIMEOUT_MS: &str = "10000";
+/// How long the assignment waits for the committed offsets (the live
+/// boundary of quiet partitions); a broker slower than this only costs a resume.
+const COMMITTED_OFFSETS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Pause before a consumer that could not be created is tried again.
+const RECREATE_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long we wait for a topic's partition list before subscribing.
+const METADATA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often processed offsets are handed to librdkafka's offset store:
+/// often enough that the auto-commit sees fresh offsets, rare enough to cost nothing.
+const OFFSET_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Runs `f` to completion from a synchronous librdkafka callback.
 fn wait_in_callback<F: std::future::Future>(f: F) -> F::Output {
     match tokio::runtime::Handle::try_current() {
@@ -210,7 +228,7 @@ impl ConsumerContext for GatewayContext {
             }
             // Where reading starts (the committed offsets): a partition that
             // stays quiet after a restart still has a live boundary.
-            match consumer.committed_offsets(assignment, std::time::Duration::from_secs(2)) {
+            match consumer.committed_offsets(assignment, COMMITTED_OFFSETS_TIMEOUT) {
                 Ok(committed) => {
                     for e in committed.elements() {
                         if let rdkafka::Offset::Offset(next) = e.offset() {
@@ -246,10 +264,10 @@ pub fn create_consumer(
     let consumer: GatewayConsumer = crate::kafka::client_config(&settings.brokers)
         .set("group.id", &settings.group_id)
         .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
+        .set("auto.commit.interval.ms", AUTO_COMMIT_INTERVAL_MS)
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", &settings.auto_offset_reset)
-        .set("session.timeout.ms", "10000")
+        .set("session.timeout.ms", SESSION_TIMEOUT_MS)
         .set("statistics.interval.ms", settings.stats_interval_ms.to_string())
         .set("enable.partition.eof", "false")
         .create_with_context(GatewayContext { metrics, status, workers })?;
@@ -276,7 +294,7 @@ pub async fn run(
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("cannot create the Kafka consumer: {e}");
-                tokio::select! { _ = shutdown.cancelled() => break, _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => continue }
+                tokio::select! { _ = shutdown.cancelled() => break, _ = tokio::time::sleep(RECREATE_DELAY) => continue }
             }
         };
         let mut tasks = tokio::task::JoinSet::new();
@@ -284,7 +302,7 @@ pub async fn run(
         // Split every known partition before subscribing, so none of its
         // records reaches the main queue first.
         for topic in &settings.topics {
-            let partitions = match consumer.fetch_metadata(Some(topic), std::time::Duration::from_secs(5)) {
+            let partitions = match consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT) {
                 Ok(m) => m.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect::<Vec<_>>(),
                 Err(e) => {
                     tracing::warn!(topic, "partitions unknown, the main loop processes them serially: {e}");
@@ -384,7 +402,7 @@ async fn worker(
     ctx: Shared,
     stop: CancellationToken,
 ) {
-    let mut flush_tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    let mut flush_tick = tokio::time::interval(OFFSET_FLUSH_INTERVAL);
     flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let message = tokio::select! {
@@ -433,7 +451,7 @@ async fn worker(
 /// any record of a partition that has no worker. Returns on shutdown or a
 /// fatal error.
 async fn consume(consumer: &Arc<GatewayConsumer>, workers: &Workers, ctx: &Shared, shutdown: &CancellationToken) {
-    let mut flush_tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    let mut flush_tick = tokio::time::interval(OFFSET_FLUSH_INTERVAL);
     flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut touched: Vec<Arc<WorkerGate>> = Vec::new();
     loop {
