@@ -425,7 +425,7 @@ mod tests {
         );
         Failure {
             reason: FailureReason::from(&moonx_events::DecodeError::Invalid(errors.clone())),
-            message: "m".repeat(5000),
+            message: "m".repeat(5000).into(),
             errors: Some(errors),
             attempts: 1,
             event_type: Some("t".repeat(5000)),

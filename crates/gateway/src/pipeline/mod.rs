@@ -86,7 +86,8 @@ impl serde::Serialize for FailureReason {
 #[derive(Debug, Clone)]
 pub struct Failure {
     pub reason: FailureReason,
-    pub message: String,
+    /// Our own words (boxed: a failure travels in a `Result`, kept small).
+    pub message: Box<str>,
     pub errors: Option<ValidationErrors>,
     pub attempts: u32,
     pub event_type: Option<String>,
@@ -95,7 +96,7 @@ pub struct Failure {
 
 impl Failure {
     fn new(reason: FailureReason, message: impl Into<String>) -> Self {
-        Failure { reason, message: message.into(), errors: None, attempts: 1, event_type: None, event_id: None }
+        Failure { reason, message: message.into().into_boxed_str(), errors: None, attempts: 1, event_type: None, event_id: None }
     }
 
     fn for_event(mut self, event: &Event) -> Self {
