@@ -228,6 +228,7 @@ impl Gateway {
                 dedup_window: ws.dedup_window,
                 max_filter_tokens: ws.max_filter_tokens as usize,
                 write_timeout: ws.write_timeout(),
+                permessage_deflate: ws.permessage_deflate,
                 ..Limits::default()
             },
             allowed_origins: Arc::new(ws.allowed_origins.clone()),

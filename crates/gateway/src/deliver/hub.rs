@@ -57,6 +57,9 @@ pub struct Frame {
     /// session skips live frames its client already has).
     pub offset: i64,
     pub frame: Utf8Bytes,
+    /// `frame` compressed for permessage-deflate, made by the first
+    /// connection that needs it and shared by the others (`socket::compressed_of`).
+    pub deflated: std::sync::OnceLock<Option<bytes::Bytes>>,
 }
 
 #[derive(Debug, Clone)]
@@ -362,6 +365,7 @@ impl Hub {
                     for live in chains.values() {
                         let snapshot = Arc::new(Frame {
                             frame: utf8(super::protocol::snapshot_of(live.frame.as_bytes())),
+                            deflated: Default::default(),
                             ..Frame::clone(live)
                         });
                         if conn.tx.try_send(snapshot).is_ok() {
@@ -493,6 +497,7 @@ impl Hub {
             channel,
             offset: at.map_or(-1, |a| a.offset),
             frame: utf8(super::protocol::event_frame_at(channel, envelope, pos.as_deref())),
+            deflated: Default::default(),
         })
     }
 

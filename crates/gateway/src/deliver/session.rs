@@ -26,11 +26,10 @@ use super::dedup::RecentIds;
 use super::hub::{ConnId, Hub, Outbound, ResumeStart};
 use super::resume::{HistoryError, HistoryFuture};
 use super::protocol::{self, close_code, ErrorCode, ProtocolError, Request};
+use super::socket::{Incoming, ReadError, Reader, Writer};
 use super::{Access, Channel};
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures::stream::SplitSink;
-use futures::{SinkExt, StreamExt};
 use prometheus::Histogram;
+use tokio::io::{AsyncRead, AsyncWrite};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -69,24 +68,15 @@ impl Disconnect {
     pub const REVOKED: Disconnect = Disconnect { code: Some(close_code::SESSION_REVOKED), reason: "session revoked", label: "revoked" };
     pub const INVALID_UTF8: Disconnect = Disconnect { code: Some(INVALID_PAYLOAD_CODE), reason: "text frame is not valid UTF-8", label: "invalid_utf8" };
 
-    /// What a failed read means. axum hides the WebSocket library's error
-    /// type; its inner error is tungstenite's.
-    fn of_read_error(e: axum::Error) -> Disconnect {
-        use tungstenite::error::{Error as WsError, ProtocolError as WsProtocol};
-        let inner = e.into_inner();
-        let Some(ws) = inner.downcast_ref::<WsError>() else {
-            tracing::debug!("WebSocket read failed: {inner}");
-            return Disconnect::CONNECTION_LOST;
+    /// What a failed read means.
+    fn of_read_error(e: ReadError) -> Disconnect {
+        let d = match e {
+            ReadError::TooBig => Disconnect::MESSAGE_TOO_BIG,
+            ReadError::InvalidUtf8 => Disconnect::INVALID_UTF8,
+            ReadError::Protocol => Disconnect::PROTOCOL_ERROR,
+            ReadError::Lost => Disconnect::CONNECTION_LOST,
         };
-        let d = match ws {
-            WsError::Capacity(_) => Disconnect::MESSAGE_TOO_BIG,
-            WsError::Utf8(_) => Disconnect::INVALID_UTF8,
-            WsError::Protocol(WsProtocol::ResetWithoutClosingHandshake) => Disconnect::CONNECTION_LOST,
-            WsError::Protocol(_) | WsError::AttackAttempt => Disconnect::PROTOCOL_ERROR,
-            WsError::ConnectionClosed | WsError::AlreadyClosed => Disconnect::CLIENT_CLOSED,
-            _ => Disconnect::CONNECTION_LOST,
-        };
-        tracing::debug!(reason = d.label, "WebSocket read failed: {ws}");
+        tracing::debug!(reason = d.label, "WebSocket read failed: {e:?}");
         d
     }
 }
@@ -110,6 +100,18 @@ pub struct Limits {
     pub max_filter_tokens: usize,
     /// The longest one write (a batch, a reply, a close) may block.
     pub write_timeout: Duration,
+    /// Accept permessage-deflate from clients that offer it (`WS_PERMESSAGE_DEFLATE`).
+    pub permessage_deflate: bool,
+}
+
+impl Limits {
+    /// The largest client message read at all (a frame, the frames of a
+    /// message together, or a message once inflated): above it the
+    /// connection is closed with 1009; between `max_frame_bytes` and it,
+    /// the client gets an error frame.
+    pub fn hard_cap(&self) -> usize {
+        (self.max_frame_bytes * 4).max(64 * 1024)
+    }
 }
 
 impl Default for Limits {
@@ -123,6 +125,7 @@ impl Default for Limits {
             max_consecutive_errors: 20,
             max_filter_tokens: crate::config::defaults::WS_MAX_FILTER_TOKENS as usize,
             write_timeout: Duration::from_millis(crate::config::defaults::WS_WRITE_TIMEOUT_MS),
+            permessage_deflate: crate::config::defaults::WS_PERMESSAGE_DEFLATE,
         }
     }
 }
@@ -152,7 +155,7 @@ impl From<WriteFailure> for Disconnect {
 /// Runs one write under the write timeout.
 async fn timed<F>(limit: Duration, write: F) -> Result<(), WriteFailure>
 where
-    F: std::future::Future<Output = Result<(), axum::Error>>,
+    F: std::future::Future<Output = std::io::Result<()>>,
 {
     match tokio::time::timeout(limit, write).await {
         Ok(Ok(())) => Ok(()),
@@ -193,8 +196,6 @@ impl RateLimiter {
     }
 }
 
-type Sink = SplitSink<WebSocket, Message>;
-
 struct Session {
     id: ConnId,
     hub: Hub,
@@ -233,11 +234,14 @@ struct Resuming {
     read: HistoryFuture,
 }
 
-/// Runs a connection to its end. `initial_token` comes from the query
+/// Runs a connection to its end over an upgraded socket; `deflate` when
+/// the handshake accepted permessage-deflate. `initial_token` comes from the query
 /// string or the Authorization header of the upgrade request; `remote` is
 /// the client's address (listed by `GET /api/connections`).
-pub async fn run(
-    socket: WebSocket,
+#[allow(clippy::too_many_arguments)]
+pub async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
+    socket: S,
+    deflate: bool,
     hub: Hub,
     auth: Authenticator,
     limits: Limits,
@@ -245,13 +249,16 @@ pub async fn run(
     shutdown: CancellationToken,
     remote: Option<std::net::SocketAddr>,
 ) {
+    let (read_half, write_half) = tokio::io::split(socket);
+    let mut stream = Reader::new(read_half, deflate, limits.hard_cap());
+    let mut sink = Writer::new(write_half, deflate);
     let reg = match hub.register_from(remote) {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!("WebSocket refused after upgrade: {e}");
-            let mut socket = socket;
             let d = Disconnect::CONNECTION_LIMIT;
-            let _ = timed(limits.write_timeout, socket.send(close(d.code.unwrap_or_default(), d.reason))).await;
+            sink.feed_close(d.code, d.reason, &[]);
+            let _ = timed(limits.write_timeout, sink.flush()).await;
             hub.metrics().disconnects.with_label_values(&[d.label]).inc();
             return;
         }
@@ -277,15 +284,16 @@ pub async fn run(
         held: Vec::new(),
         skip_through: [-1; 5],
     };
-    let (mut sink, mut stream) = socket.split();
     let mut queue = reg.queue;
     let kill = reg.kill;
     let revoked = reg.revoked;
 
     let mut ended: Option<Disconnect> = None;
+    // The payload of the client's close frame, echoed (RFC 6455 5.5.1).
+    let mut client_close = Vec::new();
     if let Some(token) = initial_token {
         let reply = session.authenticate(&token, &None).unwrap_or_else(|e| session.fail(e));
-        if let Err(f) = timed(write_timeout, sink.send(text(reply))).await {
+        if let Err(f) = timed(write_timeout, sink.send_text(&reply)).await {
             ended = Some(f.into());
         }
     }
@@ -302,7 +310,7 @@ pub async fn run(
                 // The next queued resume: answered now (from memory, or not
                 // recovered), or it waits for its history like the first.
                 if let Some(reply) = session.resume(ch, &since, &id) {
-                    if let Err(f) = timed(write_timeout, sink.send(text(reply))).await { break f.into(); }
+                    if let Err(f) = timed(write_timeout, sink.send_text(&reply)).await { break f.into(); }
                     let frames = std::mem::take(&mut session.replay);
                     if let Err(f) = timed(write_timeout, session.write_frames(&mut sink, frames)).await { break f.into(); }
                 }
@@ -319,11 +327,11 @@ pub async fn run(
                 _ = sleep_until_ms(expiry) => {
                     session.expire();
                     let msg = protocol::error(ErrorCode::Unauthorized, "your token expired: private subscriptions ended, public ones continue", &None);
-                    if let Err(f) = timed(write_timeout, sink.send(text(msg))).await { break f.into(); }
+                    if let Err(f) = timed(write_timeout, sink.send_text(&msg)).await { break f.into(); }
                 }
                 read = async { (&mut session.resuming.as_mut().expect("guarded").read).await }, if session.resuming.is_some() => {
                     let reply = session.resumed(read);
-                    if let Err(f) = timed(write_timeout, sink.send(text(reply))).await { break f.into(); }
+                    if let Err(f) = timed(write_timeout, sink.send_text(&reply)).await { break f.into(); }
                     let mut frames = std::mem::take(&mut session.replay);
                     frames.append(&mut session.held); // the replay, then the live frames held meanwhile
                     if let Err(f) = timed(write_timeout, session.write_frames(&mut sink, frames)).await { break f.into(); }
@@ -332,8 +340,8 @@ pub async fn run(
                     let Some(first) = first else { break Disconnect::SERVER_CLOSED };
                     let written = tokio::select! {
                         r = timed(write_timeout, session.write_batch(&mut sink, first, &mut queue)) => r,
-                        // Stop mid-batch: tungstenite keeps a partly written
-                        // frame buffered, so the frames that follow stay whole.
+                        // Stop mid-batch: the writer keeps what it has not
+                        // written yet, so the frames that follow stay whole.
                         _ = kill.cancelled() => Ok(()),
                         _ = revoked.cancelled() => Ok(()),
                     };
@@ -341,15 +349,21 @@ pub async fn run(
                 }
                 incoming = stream.next() => {
                     let reply = match incoming {
-                        None => break Disconnect::CLIENT_CLOSED,
-                        Some(Err(e)) => break Disconnect::of_read_error(e),
-                        Some(Ok(Message::Close(_))) => break Disconnect::CLIENT_CLOSED,
-                        Some(Ok(Message::Text(t))) => session.on_text(&t),
-                        Some(Ok(Message::Binary(_))) => Some(session.fail(ProtocolError::new(ErrorCode::BadRequest, "binary frames are not supported: send JSON text", None))),
-                        Some(Ok(_)) => None, // ping/pong: answered by the WebSocket layer
+                        Err(e) => break Disconnect::of_read_error(e),
+                        Ok(Incoming::Close(payload)) => {
+                            client_close = payload;
+                            break Disconnect::CLIENT_CLOSED;
+                        }
+                        Ok(Incoming::Text(t)) => session.on_text(&t),
+                        Ok(Incoming::Binary) => Some(session.fail(ProtocolError::new(ErrorCode::BadRequest, "binary frames are not supported: send JSON text", None))),
+                        Ok(Incoming::Ping(payload)) => {
+                            sink.feed_pong(&payload);
+                            if let Err(f) = timed(write_timeout, sink.flush()).await { break f.into(); }
+                            None
+                        }
                     };
                     if let Some(reply) = reply
-                        && let Err(f) = timed(write_timeout, sink.send(text(reply))).await { break f.into(); }
+                        && let Err(f) = timed(write_timeout, sink.send_text(&reply)).await { break f.into(); }
                     if !session.replay.is_empty() {
                         let frames = std::mem::take(&mut session.replay);
                         if let Err(f) = timed(write_timeout, session.write_frames(&mut sink, frames)).await { break f.into(); }
@@ -372,26 +386,28 @@ pub async fn run(
     if let Some(code) = disconnect.code {
         // One write timeout for the goodbye as a whole (error frame + close),
         // the same patience as any other write.
-        let goodbye = async {
-            if disconnect == Disconnect::SLOW_CONSUMER {
-                let msg = protocol::error(ErrorCode::SlowConsumer, "your queue overflowed: you were not reading fast enough", &None);
-                sink.send(text(msg)).await?;
-            }
-            sink.send(close(code, disconnect.reason)).await
-        };
-        if timed(write_timeout, goodbye).await.is_ok() {
+        if disconnect == Disconnect::SLOW_CONSUMER {
+            let msg = protocol::error(ErrorCode::SlowConsumer, "your queue overflowed: you were not reading fast enough", &None);
+            sink.feed_text(&msg);
+        }
+        sink.feed_close(Some(code), disconnect.reason, &[]);
+        if timed(write_timeout, sink.flush()).await.is_ok() {
             // The close handshake: wait for the client's close frame (reading
             // also drains its unread data, so the socket closes with FIN and
             // what we sent is not discarded by a reset).
             let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
-                while let Some(Ok(m)) = stream.next().await {
-                    if matches!(m, Message::Close(_)) {
+                while let Ok(m) = stream.next().await {
+                    if matches!(m, Incoming::Close(_)) {
                         break;
                     }
                 }
             })
             .await;
         }
+    } else if disconnect == Disconnect::CLIENT_CLOSED {
+        // The client started the close handshake: answer it.
+        sink.feed_close(None, "", &client_close);
+        let _ = timed(write_timeout, sink.flush()).await;
     }
 }
 
@@ -405,21 +421,13 @@ async fn sleep_until_ms(at_ms: Option<u64>) {
     }
 }
 
-fn text(s: String) -> Message {
-    Message::Text(s.into())
-}
-
-fn close(code: u16, reason: &str) -> Message {
-    Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }))
-}
-
 impl Session {
-    async fn write_batch(
+    async fn write_batch<W: AsyncWrite + Unpin>(
         &mut self,
-        sink: &mut Sink,
+        sink: &mut Writer<W>,
         first: Outbound,
         queue: &mut tokio::sync::mpsc::Receiver<Outbound>,
-    ) -> Result<(), axum::Error> {
+    ) -> std::io::Result<()> {
         let mut pending = Some(first);
         let mut fed = 0;
         // One clock read per batch: the frames of a batch are written together.
@@ -434,11 +442,11 @@ impl Session {
                     let reply = protocol::subscribed_resumed(r.channel, false, 0, &r.id);
                     self.resuming = None;
                     self.hub.resume_metrics().requests.with_label_values(&["held_overflow"]).inc();
-                    sink.feed(Message::Text(reply.into())).await?;
+                    sink.feed_text(&reply);
                     let held = std::mem::take(&mut self.held);
                     for h in held.into_iter().chain(std::iter::once(out)) {
                         if self.recent.first_time(h.event_id) {
-                            sink.feed(Message::Text(h.frame.clone())).await?;
+                            sink.feed_event(&h);
                         }
                     }
                 }
@@ -448,7 +456,7 @@ impl Session {
             } else if self.recent.first_time(out.event_id) {
                 let lag_ms = now_ms.saturating_sub(out.timestamp_ms);
                 self.latency[out.channel as usize].observe(lag_ms as f64 / 1000.0);
-                sink.feed(Message::Text(out.frame.clone())).await?;
+                sink.feed_event(&out);
                 fed += 1;
             } else {
                 self.hub.metrics().duplicates_suppressed.inc();
@@ -461,10 +469,10 @@ impl Session {
     }
 
     /// Writes replayed frames (resume), in order, and flushes once.
-    async fn write_frames(&mut self, sink: &mut Sink, frames: Vec<Outbound>) -> Result<(), axum::Error> {
+    async fn write_frames<W: AsyncWrite + Unpin>(&mut self, sink: &mut Writer<W>, frames: Vec<Outbound>) -> std::io::Result<()> {
         for out in frames {
             if self.recent.first_time(out.event_id) {
-                sink.feed(Message::Text(out.frame.clone())).await?;
+                sink.feed_event(&out);
             }
         }
         sink.flush().await
