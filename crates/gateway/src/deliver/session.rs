@@ -26,7 +26,7 @@ use super::dedup::RecentIds;
 use super::hub::{ConnId, Hub, Outbound, ResumeStart};
 use super::resume::{HistoryError, HistoryFuture};
 use super::protocol::{self, close_code, ErrorCode, ProtocolError, Request};
-use super::socket::{Incoming, ReadError, Reader, Writer};
+use super::socket::{Incoming, ReadError, Socket};
 use super::{Access, Channel};
 use prometheus::Histogram;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -152,19 +152,22 @@ impl From<WriteFailure> for Disconnect {
     }
 }
 
-/// Runs one write under the write timeout.
-async fn timed<F>(limit: Duration, write: F) -> Result<(), WriteFailure>
+/// A write under the write timeout. Boxed: the write and its timer take
+/// memory only while a write is under way, not in every idle session.
+fn timed<'a, F>(limit: Duration, write: F) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), WriteFailure>> + Send + 'a>>
 where
-    F: std::future::Future<Output = std::io::Result<()>>,
+    F: std::future::Future<Output = std::io::Result<()>> + Send + 'a,
 {
-    match tokio::time::timeout(limit, write).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => {
-            tracing::debug!("WebSocket write failed: {e}");
-            Err(WriteFailure::Failed)
+    Box::pin(async move {
+        match tokio::time::timeout(limit, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::debug!("WebSocket write failed: {e}");
+                Err(WriteFailure::Failed)
+            }
+            Err(_) => Err(WriteFailure::TimedOut),
         }
-        Err(_) => Err(WriteFailure::TimedOut),
-    }
+    })
 }
 /// Live frames of a resuming channel held while its history is read; past
 /// this the resume is abandoned (`recovered:false`) and they go out live.
@@ -239,7 +242,7 @@ struct Resuming {
 /// string or the Authorization header of the upgrade request; `remote` is
 /// the client's address (listed by `GET /api/connections`).
 #[allow(clippy::too_many_arguments)]
-pub async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
+pub async fn run<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
     socket: S,
     deflate: bool,
     hub: Hub,
@@ -249,16 +252,14 @@ pub async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     shutdown: CancellationToken,
     remote: Option<std::net::SocketAddr>,
 ) {
-    let (read_half, write_half) = tokio::io::split(socket);
-    let mut stream = Reader::new(read_half, deflate, limits.hard_cap());
-    let mut sink = Writer::new(write_half, deflate);
+    let mut ws = Socket::new(socket, deflate, limits.hard_cap());
     let reg = match hub.register_from(remote) {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!("WebSocket refused after upgrade: {e}");
             let d = Disconnect::CONNECTION_LIMIT;
-            sink.feed_close(d.code, d.reason, &[]);
-            let _ = timed(limits.write_timeout, sink.flush()).await;
+            ws.feed_close(d.code, d.reason, &[]);
+            let _ = timed(limits.write_timeout, ws.flush()).await;
             hub.metrics().disconnects.with_label_values(&[d.label]).inc();
             return;
         }
@@ -288,12 +289,15 @@ pub async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     let kill = reg.kill;
     let revoked = reg.revoked;
 
+    // The token's expiry, armed while there is an identity (boxed: an
+    // unauthenticated connection holds no timer).
+    let mut expiry: Option<(u64, std::pin::Pin<Box<tokio::time::Sleep>>)> = None;
     let mut ended: Option<Disconnect> = None;
     // The payload of the client's close frame, echoed (RFC 6455 5.5.1).
     let mut client_close = Vec::new();
     if let Some(token) = initial_token {
         let reply = session.authenticate(&token, &None).unwrap_or_else(|e| session.fail(e));
-        if let Err(f) = timed(write_timeout, sink.send_text(&reply)).await {
+        if let Err(f) = timed(write_timeout, ws.send_text(&reply)).await {
             ended = Some(f.into());
         }
     }
@@ -310,13 +314,16 @@ pub async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
                 // The next queued resume: answered now (from memory, or not
                 // recovered), or it waits for its history like the first.
                 if let Some(reply) = session.resume(ch, &since, &id) {
-                    if let Err(f) = timed(write_timeout, sink.send_text(&reply)).await { break f.into(); }
+                    if let Err(f) = timed(write_timeout, ws.send_text(&reply)).await { break f.into(); }
                     let frames = std::mem::take(&mut session.replay);
-                    if let Err(f) = timed(write_timeout, session.write_frames(&mut sink, frames)).await { break f.into(); }
+                    if let Err(f) = timed(write_timeout, session.write_frames(&mut ws, frames)).await { break f.into(); }
                 }
                 continue;
             }
-            let expiry = session.identity.as_ref().map(|i| i.expires_at_ms);
+            let expires_at = session.identity.as_ref().map(|i| i.expires_at_ms);
+            if expires_at != expiry.as_ref().map(|e| e.0) {
+                expiry = expires_at.map(|at| (at, Box::pin(sleep_until_ms(at))));
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Disconnect::SHUTDOWN,
@@ -324,22 +331,23 @@ pub async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
                 // frame and the close get a write timeout of their own.
                 _ = kill.cancelled() => break Disconnect::SLOW_CONSUMER,
                 _ = revoked.cancelled() => break Disconnect::REVOKED,
-                _ = sleep_until_ms(expiry) => {
+                _ = async { expiry.as_mut().expect("guarded").1.as_mut().await }, if expiry.is_some() => {
+                    expiry = None;
                     session.expire();
                     let msg = protocol::error(ErrorCode::Unauthorized, "your token expired: private subscriptions ended, public ones continue", &None);
-                    if let Err(f) = timed(write_timeout, sink.send_text(&msg)).await { break f.into(); }
+                    if let Err(f) = timed(write_timeout, ws.send_text(&msg)).await { break f.into(); }
                 }
                 read = async { (&mut session.resuming.as_mut().expect("guarded").read).await }, if session.resuming.is_some() => {
                     let reply = session.resumed(read);
-                    if let Err(f) = timed(write_timeout, sink.send_text(&reply)).await { break f.into(); }
+                    if let Err(f) = timed(write_timeout, ws.send_text(&reply)).await { break f.into(); }
                     let mut frames = std::mem::take(&mut session.replay);
                     frames.append(&mut session.held); // the replay, then the live frames held meanwhile
-                    if let Err(f) = timed(write_timeout, session.write_frames(&mut sink, frames)).await { break f.into(); }
+                    if let Err(f) = timed(write_timeout, session.write_frames(&mut ws, frames)).await { break f.into(); }
                 }
                 first = queue.recv() => {
                     let Some(first) = first else { break Disconnect::SERVER_CLOSED };
                     let written = tokio::select! {
-                        r = timed(write_timeout, session.write_batch(&mut sink, first, &mut queue)) => r,
+                        r = timed(write_timeout, session.write_batch(&mut ws, first, &mut queue)) => r,
                         // Stop mid-batch: the writer keeps what it has not
                         // written yet, so the frames that follow stay whole.
                         _ = kill.cancelled() => Ok(()),
@@ -347,7 +355,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
                     };
                     if let Err(f) = written { break f.into(); }
                 }
-                incoming = stream.next() => {
+                incoming = ws.next() => {
                     let reply = match incoming {
                         Err(e) => break Disconnect::of_read_error(e),
                         Ok(Incoming::Close(payload)) => {
@@ -357,16 +365,16 @@ pub async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
                         Ok(Incoming::Text(t)) => session.on_text(&t),
                         Ok(Incoming::Binary) => Some(session.fail(ProtocolError::new(ErrorCode::BadRequest, "binary frames are not supported: send JSON text", None))),
                         Ok(Incoming::Ping(payload)) => {
-                            sink.feed_pong(&payload);
-                            if let Err(f) = timed(write_timeout, sink.flush()).await { break f.into(); }
+                            ws.feed_pong(&payload);
+                            if let Err(f) = timed(write_timeout, ws.flush()).await { break f.into(); }
                             None
                         }
                     };
                     if let Some(reply) = reply
-                        && let Err(f) = timed(write_timeout, sink.send_text(&reply)).await { break f.into(); }
+                        && let Err(f) = timed(write_timeout, ws.send_text(&reply)).await { break f.into(); }
                     if !session.replay.is_empty() {
                         let frames = std::mem::take(&mut session.replay);
-                        if let Err(f) = timed(write_timeout, session.write_frames(&mut sink, frames)).await { break f.into(); }
+                        if let Err(f) = timed(write_timeout, session.write_frames(&mut ws, frames)).await { break f.into(); }
                     }
                     if let Some((ch, tokens)) = session.pending_subscription.take() {
                         hub.subscribe(session.id, ch, tokens.as_deref());
@@ -388,43 +396,38 @@ pub async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
         // the same patience as any other write.
         if disconnect == Disconnect::SLOW_CONSUMER {
             let msg = protocol::error(ErrorCode::SlowConsumer, "your queue overflowed: you were not reading fast enough", &None);
-            sink.feed_text(&msg);
+            ws.feed_text(&msg);
         }
-        sink.feed_close(Some(code), disconnect.reason, &[]);
-        if timed(write_timeout, sink.flush()).await.is_ok() {
+        ws.feed_close(Some(code), disconnect.reason, &[]);
+        if timed(write_timeout, ws.flush()).await.is_ok() {
             // The close handshake: wait for the client's close frame (reading
             // also drains its unread data, so the socket closes with FIN and
             // what we sent is not discarded by a reset).
-            let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
-                while let Ok(m) = stream.next().await {
+            let _ = Box::pin(tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+                while let Ok(m) = ws.next().await {
                     if matches!(m, Incoming::Close(_)) {
                         break;
                     }
                 }
-            })
+            }))
             .await;
         }
     } else if disconnect == Disconnect::CLIENT_CLOSED {
         // The client started the close handshake: answer it.
-        sink.feed_close(None, "", &client_close);
-        let _ = timed(write_timeout, sink.flush()).await;
+        ws.feed_close(None, "", &client_close);
+        let _ = timed(write_timeout, ws.flush()).await;
     }
 }
 
-async fn sleep_until_ms(at_ms: Option<u64>) {
-    match at_ms {
-        Some(at) => {
-            let now = moonx_events::validate::now_ms();
-            tokio::time::sleep(Duration::from_millis(at.saturating_sub(now))).await
-        }
-        None => std::future::pending().await,
-    }
+fn sleep_until_ms(at_ms: u64) -> tokio::time::Sleep {
+    let now = moonx_events::validate::now_ms();
+    tokio::time::sleep(Duration::from_millis(at_ms.saturating_sub(now)))
 }
 
 impl Session {
-    async fn write_batch<W: AsyncWrite + Unpin>(
+    async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
-        sink: &mut Writer<W>,
+        ws: &mut Socket<S>,
         first: Outbound,
         queue: &mut tokio::sync::mpsc::Receiver<Outbound>,
     ) -> std::io::Result<()> {
@@ -442,11 +445,11 @@ impl Session {
                     let reply = protocol::subscribed_resumed(r.channel, false, 0, &r.id);
                     self.resuming = None;
                     self.hub.resume_metrics().requests.with_label_values(&["held_overflow"]).inc();
-                    sink.feed_text(&reply);
+                    ws.feed_text(&reply);
                     let held = std::mem::take(&mut self.held);
                     for h in held.into_iter().chain(std::iter::once(out)) {
                         if self.recent.first_time(h.event_id) {
-                            sink.feed_event(&h);
+                            ws.feed_event(&h);
                         }
                     }
                 }
@@ -456,7 +459,7 @@ impl Session {
             } else if self.recent.first_time(out.event_id) {
                 let lag_ms = now_ms.saturating_sub(out.timestamp_ms);
                 self.latency[out.channel as usize].observe(lag_ms as f64 / 1000.0);
-                sink.feed_event(&out);
+                ws.feed_event(&out);
                 fed += 1;
             } else {
                 self.hub.metrics().duplicates_suppressed.inc();
@@ -465,17 +468,17 @@ impl Session {
                 pending = queue.try_recv().ok();
             }
         }
-        sink.flush().await
+        ws.flush().await
     }
 
     /// Writes replayed frames (resume), in order, and flushes once.
-    async fn write_frames<W: AsyncWrite + Unpin>(&mut self, sink: &mut Writer<W>, frames: Vec<Outbound>) -> std::io::Result<()> {
+    async fn write_frames<S: AsyncRead + AsyncWrite + Unpin>(&mut self, ws: &mut Socket<S>, frames: Vec<Outbound>) -> std::io::Result<()> {
         for out in frames {
             if self.recent.first_time(out.event_id) {
-                sink.feed_event(&out);
+                ws.feed_event(&out);
             }
         }
-        sink.flush().await
+        ws.flush().await
     }
 
     /// Starts a subscription with `since` on a private channel; the reply

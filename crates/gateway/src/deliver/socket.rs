@@ -184,36 +184,45 @@ pub enum ReadError {
     Lost,
 }
 
-/// The reading half: frames in, messages out.
-pub struct Reader<R> {
-    io: R,
+/// One WebSocket connection: frames in, messages out, and frames gathered
+/// then written in one go. The session never reads while it writes (nor
+/// the reverse), so one value owns the socket, with no lock between halves.
+pub struct Socket<S> {
+    io: S,
     /// Received bytes not yet parsed; no capacity while idle.
     buf: Vec<u8>,
     /// The message being assembled from its frames; no capacity between messages.
     message: Vec<u8>,
     /// The opcode of the message under way and whether it is compressed.
     message_kind: Option<(Data, bool)>,
-    deflate: bool,
+    /// Bytes to write; no capacity once written.
+    out: Vec<u8>,
+    /// How many of `out` are written.
+    written: usize,
     hard_cap: usize,
+    deflate: bool,
     /// A frame was refused: what follows cannot be parsed, only drained.
     failed: bool,
 }
 
-impl<R: AsyncRead + Unpin> Reader<R> {
-    pub fn new(io: R, deflate: bool, hard_cap: usize) -> Self {
-        Reader { io, buf: Vec::new(), message: Vec::new(), message_kind: None, deflate, hard_cap, failed: false }
+impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
+    pub fn new(io: S, deflate: bool, hard_cap: usize) -> Self {
+        Socket { io, buf: Vec::new(), message: Vec::new(), message_kind: None, out: Vec::new(), written: 0, hard_cap, deflate, failed: false }
     }
 
-    /// The next message or control frame. Cancel-safe.
-    /// After an error, reading discards what arrives until the client
-    /// closes (so that our close is not lost to a reset).
+    /// The next message or control frame. Cancel-safe. After an error,
+    /// reading discards what arrives until the client closes (so that our
+    /// close is not lost to a reset).
     pub async fn next(&mut self) -> Result<Incoming, ReadError> {
         if self.failed {
-            self.buf = Vec::new();
             self.message = Vec::new();
-            let mut discard = [0u8; 256];
-            while self.io.read(&mut discard).await.map_err(|_| ReadError::Lost)? > 0 {}
-            return Err(ReadError::Lost);
+            loop {
+                self.buf.clear();
+                self.buf.reserve(READ_CHUNK);
+                if self.io.read_buf(&mut self.buf).await.map_err(|_| ReadError::Lost)? == 0 {
+                    return Err(ReadError::Lost);
+                }
+            }
         }
         loop {
             match self.parse() {
@@ -324,22 +333,6 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             Data::Text => String::from_utf8(bytes).map(Incoming::Text).map_err(|_| ReadError::InvalidUtf8),
             _ => Ok(Incoming::Binary),
         }
-    }
-}
-
-/// The writing half: frames are gathered, then written in one go.
-pub struct Writer<W> {
-    io: W,
-    /// Bytes to write; no capacity once written.
-    out: Vec<u8>,
-    /// How many of `out` are written.
-    written: usize,
-    deflate: bool,
-}
-
-impl<W: AsyncWrite + Unpin> Writer<W> {
-    pub fn new(io: W, deflate: bool) -> Self {
-        Writer { io, out: Vec::new(), written: 0, deflate }
     }
 
     /// Whether `permessage-deflate` was negotiated.

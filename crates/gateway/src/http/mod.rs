@@ -292,15 +292,18 @@ async fn websocket(
     // sent). Frames above the hard cap get close 1009 (see
     // `session::Disconnect`); those between the limit and the cap get an
     // error frame.
-    tokio::spawn(async move {
+    // Only what the session needs is moved into its task (it lives as long as the connection).
+    let AppState { hub, auth, limits, shutdown, .. } = app;
+    let task = async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let io = hyper_util::rt::TokioIo::new(upgraded);
-                session::run(io, deflate, app.hub, app.auth, app.limits, token, app.shutdown, remote).await
+                session::run(io, deflate, hub, auth, limits, token, shutdown, remote).await
             }
             Err(e) => tracing::debug!("WebSocket upgrade failed: {e}"),
         }
-    });
+    };
+    tokio::spawn(task);
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = response.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
