@@ -237,13 +237,17 @@ struct Resuming {
     read: HistoryFuture,
 }
 
-/// Runs a connection to its end over an upgraded socket; `deflate` when
-/// the handshake accepted permessage-deflate. `initial_token` comes from the query
-/// string or the Authorization header of the upgrade request; `remote` is
-/// the client's address (listed by `GET /api/connections`).
+/// Runs a connection to its end, once `upgrade` hands over the socket
+/// (`None`: the upgrade failed); `deflate` when the handshake accepted
+/// permessage-deflate. `initial_token` comes from the query string or the
+/// Authorization header of the upgrade request; `remote` is the client's
+/// address (listed by `GET /api/connections`).
+///
+/// The session's state is built here, before the task starts, and the task
+/// uses it in place: an idle connection's task holds each value once.
 #[allow(clippy::too_many_arguments)]
-pub async fn run<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
-    socket: S,
+pub fn run<U, S>(
+    upgrade: U,
     deflate: bool,
     hub: Hub,
     auth: Authenticator,
@@ -251,25 +255,15 @@ pub async fn run<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
     initial_token: Option<String>,
     shutdown: CancellationToken,
     remote: Option<std::net::SocketAddr>,
-) {
-    let mut ws = Socket::new(socket, deflate, limits.hard_cap());
-    let reg = match hub.register_from(remote) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::debug!("WebSocket refused after upgrade: {e}");
-            let d = Disconnect::CONNECTION_LIMIT;
-            ws.feed_close(d.code, d.reason, &[]);
-            let _ = timed(limits.write_timeout, ws.flush()).await;
-            hub.metrics().disconnects.with_label_values(&[d.label]).inc();
-            return;
-        }
-    };
-    let metrics = hub.metrics().clone();
-    let latency = Channel::ALL.map(|c| metrics.end_to_end_latency.with_label_values(&[c.as_str()]));
-    let write_timeout = limits.write_timeout;
-    let mut session = Session {
-        id: reg.id,
-        hub: hub.clone(),
+) -> impl std::future::Future<Output = ()> + Send
+where
+    U: std::future::Future<Output = Option<S>> + Send,
+    S: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    let latency = Channel::ALL.map(|c| hub.metrics().end_to_end_latency.with_label_values(&[c.as_str()]));
+    let session = Session {
+        id: 0, // given by the hub once the socket is there
+        hub,
         auth,
         recent: RecentIds::new(limits.dedup_window),
         rate: RateLimiter::new(limits.rate_per_sec, limits.rate_burst),
@@ -285,137 +279,159 @@ pub async fn run<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
         held: Vec::new(),
         skip_through: [-1; 5],
     };
-    let mut queue = reg.queue;
-    let kill = reg.kill;
-    let revoked = reg.revoked;
+    // An async block, not an async fn: its captures are used in place,
+    // where an async fn would copy its arguments into its body.
+    let mut session = session;
+    async move {
+        let Some(socket) = upgrade.await else { return };
+        let mut ws = Socket::new(socket, deflate, session.limits.hard_cap());
+        let hub = session.hub.clone();
+        let write_timeout = session.limits.write_timeout;
+        let reg = match hub.register_from(remote) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!("WebSocket refused after upgrade: {e}");
+                let d = Disconnect::CONNECTION_LIMIT;
+                ws.feed_close(d.code, d.reason, &[]);
+                let _ = timed(write_timeout, ws.flush()).await;
+                hub.metrics().disconnects.with_label_values(&[d.label]).inc();
+                return;
+            }
+        };
+        session.id = reg.id;
+        let metrics = hub.metrics().clone();
+        let mut queue = reg.queue;
+        let kill = reg.kill;
+        let revoked = reg.revoked;
 
-    // The token's expiry, armed while there is an identity (boxed: an
-    // unauthenticated connection holds no timer).
-    let mut expiry: Option<(u64, std::pin::Pin<Box<tokio::time::Sleep>>)> = None;
-    let mut ended: Option<Disconnect> = None;
-    // The payload of the client's close frame, echoed (RFC 6455 5.5.1).
-    let mut client_close = Vec::new();
-    if let Some(token) = initial_token {
-        let reply = session.authenticate(&token, &None).unwrap_or_else(|e| session.fail(e));
-        if let Err(f) = timed(write_timeout, ws.send_text(&reply)).await {
-            ended = Some(f.into());
+        // The token's expiry, armed while there is an identity (boxed: an
+        // unauthenticated connection holds no timer).
+        let mut expiry: Option<(u64, std::pin::Pin<Box<tokio::time::Sleep>>)> = None;
+        let mut ended: Option<Disconnect> = None;
+        // The payload of the client's close frame, echoed (RFC 6455 5.5.1).
+        let mut client_close = Vec::new();
+        if let Some(token) = initial_token {
+            let reply = session.authenticate(&token, &None).unwrap_or_else(|e| session.fail(e));
+            if let Err(f) = timed(write_timeout, ws.send_text(&reply)).await {
+                ended = Some(f.into());
+            }
         }
-    }
 
-    let disconnect = match ended {
-        Some(d) => d,
-        None => loop {
-            if let Some(d) = session.close_after_reply.take() {
-                break d;
-            }
-            if session.resuming.is_none()
-                && let Some((ch, since, id)) = session.queued_resumes.pop_front()
-            {
-                // The next queued resume: answered now (from memory, or not
-                // recovered), or it waits for its history like the first.
-                if let Some(reply) = session.resume(ch, &since, &id) {
-                    if let Err(f) = timed(write_timeout, ws.send_text(&reply)).await { break f.into(); }
-                    let frames = std::mem::take(&mut session.replay);
-                    if let Err(f) = timed(write_timeout, session.write_frames(&mut ws, frames)).await { break f.into(); }
+        let disconnect = match ended {
+            Some(d) => d,
+            None => loop {
+                if let Some(d) = session.close_after_reply.take() {
+                    break d;
                 }
-                continue;
-            }
-            let expires_at = session.identity.as_ref().map(|i| i.expires_at_ms);
-            if expires_at != expiry.as_ref().map(|e| e.0) {
-                expiry = expires_at.map(|at| (at, Box::pin(sleep_until_ms(at))));
-            }
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break Disconnect::SHUTDOWN,
-                // Condemned: no further event frame is written; the error
-                // frame and the close get a write timeout of their own.
-                _ = kill.cancelled() => break Disconnect::SLOW_CONSUMER,
-                _ = revoked.cancelled() => break Disconnect::REVOKED,
-                _ = async { expiry.as_mut().expect("guarded").1.as_mut().await }, if expiry.is_some() => {
-                    expiry = None;
-                    session.expire();
-                    let msg = protocol::error(ErrorCode::Unauthorized, "your token expired: private subscriptions ended, public ones continue", &None);
-                    if let Err(f) = timed(write_timeout, ws.send_text(&msg)).await { break f.into(); }
-                }
-                read = async { (&mut session.resuming.as_mut().expect("guarded").read).await }, if session.resuming.is_some() => {
-                    let reply = session.resumed(read);
-                    if let Err(f) = timed(write_timeout, ws.send_text(&reply)).await { break f.into(); }
-                    let mut frames = std::mem::take(&mut session.replay);
-                    frames.append(&mut session.held); // the replay, then the live frames held meanwhile
-                    if let Err(f) = timed(write_timeout, session.write_frames(&mut ws, frames)).await { break f.into(); }
-                }
-                first = queue.recv() => {
-                    let Some(first) = first else { break Disconnect::SERVER_CLOSED };
-                    let written = tokio::select! {
-                        r = timed(write_timeout, session.write_batch(&mut ws, first, &mut queue)) => r,
-                        // Stop mid-batch: the writer keeps what it has not
-                        // written yet, so the frames that follow stay whole.
-                        _ = kill.cancelled() => Ok(()),
-                        _ = revoked.cancelled() => Ok(()),
-                    };
-                    if let Err(f) = written { break f.into(); }
-                }
-                incoming = ws.next() => {
-                    let reply = match incoming {
-                        Err(e) => break Disconnect::of_read_error(e),
-                        Ok(Incoming::Close(payload)) => {
-                            client_close = payload;
-                            break Disconnect::CLIENT_CLOSED;
-                        }
-                        Ok(Incoming::Text(t)) => session.on_text(&t),
-                        Ok(Incoming::Binary) => Some(session.fail(ProtocolError::new(ErrorCode::BadRequest, "binary frames are not supported: send JSON text", None))),
-                        Ok(Incoming::Ping(payload)) => {
-                            ws.feed_pong(&payload);
-                            if let Err(f) = timed(write_timeout, ws.flush()).await { break f.into(); }
-                            None
-                        }
-                    };
-                    if let Some(reply) = reply
-                        && let Err(f) = timed(write_timeout, ws.send_text(&reply)).await { break f.into(); }
-                    if !session.replay.is_empty() {
+                if session.resuming.is_none()
+                    && let Some((ch, since, id)) = session.queued_resumes.pop_front()
+                {
+                    // The next queued resume: answered now (from memory, or not
+                    // recovered), or it waits for its history like the first.
+                    if let Some(reply) = session.resume(ch, &since, &id) {
+                        if let Err(f) = timed(write_timeout, ws.send_text(&reply)).await { break f.into(); }
                         let frames = std::mem::take(&mut session.replay);
                         if let Err(f) = timed(write_timeout, session.write_frames(&mut ws, frames)).await { break f.into(); }
                     }
-                    if let Some((ch, tokens)) = session.pending_subscription.take() {
-                        hub.subscribe(session.id, ch, tokens.as_deref());
+                    continue;
+                }
+                let expires_at = session.identity.as_ref().map(|i| i.expires_at_ms);
+                if expires_at != expiry.as_ref().map(|e| e.0) {
+                    expiry = expires_at.map(|at| (at, Box::pin(sleep_until_ms(at))));
+                }
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break Disconnect::SHUTDOWN,
+                    // Condemned: no further event frame is written; the error
+                    // frame and the close get a write timeout of their own.
+                    _ = kill.cancelled() => break Disconnect::SLOW_CONSUMER,
+                    _ = revoked.cancelled() => break Disconnect::REVOKED,
+                    _ = async { expiry.as_mut().expect("guarded").1.as_mut().await }, if expiry.is_some() => {
+                        expiry = None;
+                        session.expire();
+                        let msg = protocol::error(ErrorCode::Unauthorized, "your token expired: private subscriptions ended, public ones continue", &None);
+                        if let Err(f) = timed(write_timeout, ws.send_text(&msg)).await { break f.into(); }
                     }
-                    if session.consecutive_errors >= session.limits.max_consecutive_errors {
-                        break Disconnect::TOO_MANY_ERRORS;
+                    read = async { (&mut session.resuming.as_mut().expect("guarded").read).await }, if session.resuming.is_some() => {
+                        let reply = session.resumed(read);
+                        if let Err(f) = timed(write_timeout, ws.send_text(&reply)).await { break f.into(); }
+                        let mut frames = std::mem::take(&mut session.replay);
+                        frames.append(&mut session.held); // the replay, then the live frames held meanwhile
+                        if let Err(f) = timed(write_timeout, session.write_frames(&mut ws, frames)).await { break f.into(); }
+                    }
+                    first = queue.recv() => {
+                        let Some(first) = first else { break Disconnect::SERVER_CLOSED };
+                        let written = tokio::select! {
+                            r = timed(write_timeout, session.write_batch(&mut ws, first, &mut queue)) => r,
+                            // Stop mid-batch: the writer keeps what it has not
+                            // written yet, so the frames that follow stay whole.
+                            _ = kill.cancelled() => Ok(()),
+                            _ = revoked.cancelled() => Ok(()),
+                        };
+                        if let Err(f) = written { break f.into(); }
+                    }
+                    incoming = ws.next() => {
+                        let reply = match incoming {
+                            Err(e) => break Disconnect::of_read_error(e),
+                            Ok(Incoming::Close(payload)) => {
+                                client_close = payload;
+                                break Disconnect::CLIENT_CLOSED;
+                            }
+                            Ok(Incoming::Text(t)) => session.on_text(&t),
+                            Ok(Incoming::Binary) => Some(session.fail(ProtocolError::new(ErrorCode::BadRequest, "binary frames are not supported: send JSON text", None))),
+                            Ok(Incoming::Ping(payload)) => {
+                                ws.feed_pong(&payload);
+                                if let Err(f) = timed(write_timeout, ws.flush()).await { break f.into(); }
+                                None
+                            }
+                        };
+                        if let Some(reply) = reply
+                            && let Err(f) = timed(write_timeout, ws.send_text(&reply)).await { break f.into(); }
+                        if !session.replay.is_empty() {
+                            let frames = std::mem::take(&mut session.replay);
+                            if let Err(f) = timed(write_timeout, session.write_frames(&mut ws, frames)).await { break f.into(); }
+                        }
+                        if let Some((ch, tokens)) = session.pending_subscription.take() {
+                            hub.subscribe(session.id, ch, tokens.as_deref());
+                        }
+                        if session.consecutive_errors >= session.limits.max_consecutive_errors {
+                            break Disconnect::TOO_MANY_ERRORS;
+                        }
                     }
                 }
-            }
-        },
-    };
+            },
+        };
 
-    // Gone from delivery first: nothing more is queued while we say goodbye.
-    hub.unregister(session.id, disconnect.reason);
-    metrics.disconnects.with_label_values(&[disconnect.label]).inc();
-    tracing::debug!(connection = session.id, reason = disconnect.label, "WebSocket connection ended");
-    if let Some(code) = disconnect.code {
-        // One write timeout for the goodbye as a whole (error frame + close),
-        // the same patience as any other write.
-        if disconnect == Disconnect::SLOW_CONSUMER {
-            let msg = protocol::error(ErrorCode::SlowConsumer, "your queue overflowed: you were not reading fast enough", &None);
-            ws.feed_text(&msg);
-        }
-        ws.feed_close(Some(code), disconnect.reason, &[]);
-        if timed(write_timeout, ws.flush()).await.is_ok() {
-            // The close handshake: wait for the client's close frame (reading
-            // also drains its unread data, so the socket closes with FIN and
-            // what we sent is not discarded by a reset).
-            let _ = Box::pin(tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
-                while let Ok(m) = ws.next().await {
-                    if matches!(m, Incoming::Close(_)) {
-                        break;
+        // Gone from delivery first: nothing more is queued while we say goodbye.
+        hub.unregister(session.id, disconnect.reason);
+        metrics.disconnects.with_label_values(&[disconnect.label]).inc();
+        tracing::debug!(connection = session.id, reason = disconnect.label, "WebSocket connection ended");
+        if let Some(code) = disconnect.code {
+            // One write timeout for the goodbye as a whole (error frame + close),
+            // the same patience as any other write.
+            if disconnect == Disconnect::SLOW_CONSUMER {
+                let msg = protocol::error(ErrorCode::SlowConsumer, "your queue overflowed: you were not reading fast enough", &None);
+                ws.feed_text(&msg);
+            }
+            ws.feed_close(Some(code), disconnect.reason, &[]);
+            if timed(write_timeout, ws.flush()).await.is_ok() {
+                // The close handshake: wait for the client's close frame (reading
+                // also drains its unread data, so the socket closes with FIN and
+                // what we sent is not discarded by a reset).
+                let _ = Box::pin(tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+                    while let Ok(m) = ws.next().await {
+                        if matches!(m, Incoming::Close(_)) {
+                            break;
+                        }
                     }
-                }
-            }))
-            .await;
+                }))
+                .await;
+            }
+        } else if disconnect == Disconnect::CLIENT_CLOSED {
+            // The client started the close handshake: answer it.
+            ws.feed_close(None, "", &client_close);
+            let _ = timed(write_timeout, ws.flush()).await;
         }
-    } else if disconnect == Disconnect::CLIENT_CLOSED {
-        // The client started the close handshake: answer it.
-        ws.feed_close(None, "", &client_close);
-        let _ = timed(write_timeout, ws.flush()).await;
     }
 }
 

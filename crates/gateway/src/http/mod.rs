@@ -292,17 +292,18 @@ async fn websocket(
     // sent). Frames above the hard cap get close 1009 (see
     // `session::Disconnect`); those between the limit and the cap get an
     // error frame.
-    // Only what the session needs is moved into its task (it lives as long as the connection).
+    // Only what the session needs goes into its task (it lives as long as the connection).
     let AppState { hub, auth, limits, shutdown, .. } = app;
-    let task = async move {
+    let upgrade = async move {
         match on_upgrade.await {
-            Ok(upgraded) => {
-                let io = hyper_util::rt::TokioIo::new(upgraded);
-                session::run(io, deflate, hub, auth, limits, token, shutdown, remote).await
+            Ok(upgraded) => Some(hyper_util::rt::TokioIo::new(upgraded)),
+            Err(e) => {
+                tracing::debug!("WebSocket upgrade failed: {e}");
+                None
             }
-            Err(e) => tracing::debug!("WebSocket upgrade failed: {e}"),
         }
     };
+    let task = session::run(upgrade, deflate, hub, auth, limits, token, shutdown, remote);
     tokio::spawn(task);
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = response.headers_mut();
