@@ -203,7 +203,8 @@ struct Session {
     id: ConnId,
     hub: Hub,
     auth: Authenticator,
-    limits: Limits,
+    /// Shared by every connection.
+    limits: std::sync::Arc<Limits>,
     identity: Option<Identity>,
     recent: RecentIds,
     rate: RateLimiter,
@@ -212,14 +213,14 @@ struct Session {
     /// A subscription acknowledged to the client, to record once the reply is out.
     pending_subscription: Option<(Channel, Option<Vec<String>>)>,
     /// Set when the reply being sent is the last: the connection then closes.
-    close_after_reply: Option<Disconnect>,
+    close_after_reply: Option<&'static Disconnect>,
     // resume (SPEC 6.1)
     /// Replayed frames to write right after the reply that announced them.
     replay: Vec<Outbound>,
     /// A resume waiting for the history: its reply and frames come when it
     /// is read; meanwhile the channel's live frames are held in `held`
     /// (other channels flow on).
-    resuming: Option<Resuming>,
+    resuming: Option<Box<Resuming>>,
     /// Resumes asked for while one waits for its history (a client that
     /// re-subscribes its channels at once): started in order, one at a
     /// time, each when the one before has answered. At most one per channel.
@@ -227,7 +228,8 @@ struct Session {
     held: Vec<Outbound>,
     /// Per channel, live frames at or before this offset are ones the
     /// client already has (it resumed from a position this instance had not reached).
-    skip_through: [i64; 5],
+    /// Boxed: set only by a resume.
+    skip_through: Option<Box<[i64; 5]>>,
 }
 
 struct Resuming {
@@ -251,7 +253,7 @@ pub fn run<U, S>(
     deflate: bool,
     hub: Hub,
     auth: Authenticator,
-    limits: Limits,
+    limits: std::sync::Arc<Limits>,
     initial_token: Option<String>,
     shutdown: CancellationToken,
     remote: Option<std::net::SocketAddr>,
@@ -277,7 +279,7 @@ where
         resuming: None,
         queued_resumes: std::collections::VecDeque::new(),
         held: Vec::new(),
-        skip_through: [-1; 5],
+        skip_through: None,
     };
     // An async block, not an async fn: its captures are used in place,
     // where an async fn would copy its arguments into its body.
@@ -321,7 +323,7 @@ where
             Some(d) => d,
             None => loop {
                 if let Some(d) = session.close_after_reply.take() {
-                    break d;
+                    break *d;
                 }
                 if session.resuming.is_none()
                     && let Some((ch, since, id)) = session.queued_resumes.pop_front()
@@ -469,7 +471,7 @@ impl Session {
                         }
                     }
                 }
-            } else if out.offset >= 0 && out.offset <= self.skip_through[out.channel as usize] {
+            } else if out.offset >= 0 && self.skip_through.as_ref().is_some_and(|s| out.offset <= s[out.channel as usize]) {
                 // resume: the client has this one from another instance.
                 self.hub.metrics().duplicates_suppressed.inc();
             } else if self.recent.first_time(out.event_id) {
@@ -516,13 +518,13 @@ impl Session {
                 metrics.requests.with_label_values(&["recovered"]).inc();
                 metrics.events.with_label_values(&["memory"]).inc_by(frames.len() as u64);
                 metrics.seconds.observe(started.elapsed().as_secs_f64());
-                self.skip_through[ch as usize] = skip_through;
+                self.skip_through.get_or_insert_with(|| Box::new([-1; 5]))[ch as usize] = skip_through;
                 let reply = protocol::subscribed_resumed(ch, true, frames.len(), id);
                 self.replay = frames;
                 Some(reply)
             }
             ResumeStart::FromHistory { request, history } => {
-                self.resuming = Some(Resuming { channel: ch, id: id.clone(), started, read: history.read(request) });
+                self.resuming = Some(Box::new(Resuming { channel: ch, id: id.clone(), started, read: history.read(request) }));
                 None
             }
         }
@@ -530,7 +532,7 @@ impl Session {
 
     /// The reply to a resume whose history was read; its frames go to `replay`.
     fn resumed(&mut self, read: Result<Vec<super::resume::Replayed>, HistoryError>) -> String {
-        let Resuming { channel, id, started, .. } = self.resuming.take().expect("a resume was in flight");
+        let Resuming { channel, id, started, .. } = *self.resuming.take().expect("a resume was in flight");
         let metrics = self.hub.resume_metrics().clone();
         metrics.seconds.observe(started.elapsed().as_secs_f64());
         if !self.hub.is_subscribed(self.id, channel) {
@@ -660,7 +662,7 @@ impl Session {
                         return Err(ProtocolError::new(ErrorCode::Unauthorized, e.to_string(), id.clone()));
                     }
                     // Beyond the user's connection limit: refused, then closed.
-                    self.close_after_reply = Some(Disconnect::USER_CONNECTION_LIMIT);
+                    self.close_after_reply = Some(&Disconnect::USER_CONNECTION_LIMIT);
                     return Err(ProtocolError::new(ErrorCode::LimitExceeded, e.to_string(), id.clone()));
                 }
                 tracing::trace!(connection = self.id, user = %identity.user_id, admin = identity.admin, "authenticated");

@@ -49,7 +49,7 @@ pub struct AppState {
     pub hub: Hub,
     pub metrics: Arc<Metrics>,
     pub auth: Authenticator,
-    pub limits: Limits,
+    pub limits: Arc<Limits>,
     pub allowed_origins: Arc<Vec<String>>,
     pub source: SourceHealth,
     pub shutdown: CancellationToken,
