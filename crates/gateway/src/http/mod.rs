@@ -6,7 +6,9 @@
 //! endpoints `GET /api/dead-letters`, `POST /api/sessions/revoke` and
 //! `GET /api/connections` (`sessions`) need an admin JWT or an admin key.
 //! An upgrade with a non-ASCII or repeated `Origin` is refused like a
-//! foreign one, and malformed upgrades are answered in our words.
+//! foreign one, and malformed upgrades are answered in our words. The
+//! upgrade handshake is ours (RFC 6455 4.2), so that it can accept
+//! `permessage-deflate` (`deliver::socket`) when `WS_PERMESSAGE_DEFLATE` allows.
 
 pub mod credentials;
 pub mod publish;
