@@ -1,6 +1,10 @@
 //! One task per WebSocket connection: reads client messages, answers them,
 //! and writes the event frames the hub queued for it.
 //!
+//! An idle session holds no buffer and no write timer (the socket takes
+//! buffers per frame, writes and their timeouts are boxed while under way),
+//! so a connection costs a few KiB (issue 14 item 4).
+//!
 //! Writes are batched: whatever is queued is fed to the socket and flushed
 //! once. Every write (a batch, a reply, a close) must finish within the
 //! write timeout (`WS_WRITE_TIMEOUT_MS`), or the client is judged gone and
