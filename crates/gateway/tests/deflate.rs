@@ -392,3 +392,32 @@ async fn with_deflate_off_an_offer_gets_plain_frames() {
     c.send_compressed(r#"{"type":"ping"}"#).await;
     assert_eq!(c.close_code().await, 1002);
 }
+
+/// A bad WS_PERMESSAGE_DEFLATE stops start-up, naming the variable.
+#[test]
+fn a_bad_ws_permessage_deflate_stops_start_up_naming_it() {
+    let mut child = std::process::Command::new(bin())
+        .args(["dev", "--port", "0"])
+        .env("WS_PERMESSAGE_DEFLATE", "maybe")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("WS_PERMESSAGE_DEFLATE=maybe was accepted (the gateway started)");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("WS_PERMESSAGE_DEFLATE"), "the error names the variable: {err}");
+}
