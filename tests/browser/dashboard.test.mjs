@@ -29,6 +29,7 @@ const MIN_TAIL_ROWS = 5;
 const hasToken = (() => { try { return new URL(url).searchParams.has('token'); } catch { return false; } })();
 const consoleErrors = [];
 const pageErrors = [];
+const wsHandshakes = [];   // WebSocket handshakes: {id, request headers, response headers}
 const failedRequests = [];
 const failures = [];
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -90,6 +91,17 @@ try {
   page.on('requestfailed', (req) => failedRequests.push(`${req.method()} ${req.url()}: ${req.failure() && req.failure().errorText}`));
   page.on('response', (res) => { if (res.status() >= 400) failedRequests.push(`${res.request().method()} ${res.url()}: HTTP ${res.status()}`); });
 
+  // The WebSocket handshakes, seen through the DevTools protocol: Chromium
+  // offers permessage-deflate and the gateway (default settings) accepts it.
+  const cdp = await context.newCDPSession(page);
+  await cdp.send('Network.enable');
+  cdp.on('Network.webSocketWillSendHandshakeRequest', (e) => wsHandshakes.push({ id: e.requestId, request: e.request.headers }));
+  cdp.on('Network.webSocketHandshakeResponseReceived', (e) => {
+    const h = wsHandshakes.find((x) => x.id === e.requestId);
+    if (h) h.response = e.response.headers;
+    else wsHandshakes.push({ id: e.requestId, response: e.response.headers });
+  });
+
   const response = await page.goto(url, { waitUntil: 'load', timeout: 20000 });
   if (!response) failures.push('no response for the page');
   else if (!response.ok()) failures.push(`the page answered HTTP ${response.status()}`);
@@ -148,6 +160,19 @@ try {
     if (!r.tailFound) failures.push('no [data-testid="tail"] element');
     else if (!done.tailRows) failures.push(`tail: fewer than ${MIN_TAIL_ROWS} rows tr[data-event-id] (have ${r.rows.length})`);
     else if (!done.tailChanges) failures.push('tail: no new rows arrived after the first read');
+    // Every frame of the run went through deflate: the events above arrived compressed.
+    const header = (headers, name) => Object.entries(headers || {}).find(([k]) => k.toLowerCase() === name)?.[1] || '';
+    const upgraded = wsHandshakes.filter((h) => h.response);
+    if (!upgraded.length) failures.push('no WebSocket handshake response was seen (CDP Network.webSocketHandshakeResponseReceived)');
+    for (const h of upgraded) {
+      const offered = header(h.request, 'sec-websocket-extensions');
+      const accepted = header(h.response, 'sec-websocket-extensions');
+      if (!/permessage-deflate/.test(offered)) failures.push(`Chromium did not offer permessage-deflate (offered: ${JSON.stringify(offered)})`);
+      if (!/permessage-deflate/.test(accepted) || !/server_no_context_takeover/.test(accepted) || !/client_no_context_takeover/.test(accepted)) {
+        failures.push(`the gateway did not accept permessage-deflate with no context takeover (answered: ${JSON.stringify(accepted)})`);
+      }
+    }
+    log(`websocket handshakes: ${upgraded.length}, extensions: ${upgraded.map((h) => JSON.stringify(header(h.response, 'sec-websocket-extensions'))).join(', ')}`);
     if (!done.identity) failures.push(`a token was given but the page did not authenticate (identity: ${JSON.stringify(r.identity)})`);
 
     log(`status: ${r.status}; identity: ${r.identity}; tail rows: ${r.rows.length}`);

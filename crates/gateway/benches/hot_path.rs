@@ -16,6 +16,10 @@
 //!   subscriber, alone and beside 1,000 subscribers whose 64-token filters
 //!   do not name the token: with the hub's token index the two cost the
 //!   same (issue 9, item 6: before it, each publish scanned every filter).
+//! * `deflate`: compressing the price event frame for permessage-deflate
+//!   (`deliver::socket::deflate`), done once per frame whatever the number of
+//!   connections that negotiated it (issue 14, item 3); the plain and
+//!   compressed sizes are printed.
 //!
 //! Every group reports `Throughput::Elements` (events, or frames for
 //! `fanout`), so criterion prints events/s. Run:
@@ -216,9 +220,19 @@ fn bench_price_filters(c: &mut Criterion) {
     g.finish();
 }
 
+fn bench_deflate(c: &mut Criterion) {
+    let frame = moonx_ws::deliver::protocol::event_frame_at(Channel::Prices, &sample_envelope(now_ms()), None);
+    let compressed = moonx_ws::deliver::socket::deflate(&frame).expect("compresses");
+    println!("deflate: a price event frame of {} bytes is {} bytes compressed ({:.2}x fewer)", frame.len(), compressed.len(), frame.len() as f64 / compressed.len() as f64);
+    let mut g = c.benchmark_group("deflate");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("price_frame_once", |b| b.iter(|| moonx_ws::deliver::socket::deflate(black_box(&frame))));
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4)).sample_size(50)
 }
 
-criterion_group! { name = benches; config = config(); targets = bench_pipeline, bench_decode, bench_fanout, bench_price_filters }
+criterion_group! { name = benches; config = config(); targets = bench_pipeline, bench_decode, bench_fanout, bench_price_filters, bench_deflate }
 criterion_main!(benches);

@@ -48,6 +48,7 @@ pub mod env {
     pub const HTTP_RESERVED_CONNECTIONS: &str = "HTTP_RESERVED_CONNECTIONS";
     pub const HTTP_WRITE_TIMEOUT_MS: &str = "HTTP_WRITE_TIMEOUT_MS";
     pub const WS_WRITE_TIMEOUT_MS: &str = "WS_WRITE_TIMEOUT_MS";
+    pub const WS_PERMESSAGE_DEFLATE: &str = "WS_PERMESSAGE_DEFLATE";
     pub const REVOCATION_WINDOW_SECS: &str = "REVOCATION_WINDOW_SECS";
     pub const RESUME_WINDOW_EVENTS: &str = "RESUME_WINDOW_EVENTS";
     pub const RESUME_WINDOW_BYTES: &str = "RESUME_WINDOW_BYTES";
@@ -80,6 +81,9 @@ pub mod defaults {
     /// the client is judged gone: generous for a slow mobile link, short
     /// enough that a client that stopped reading does not hold its slot.
     pub const WS_WRITE_TIMEOUT_MS: u64 = 10_000;
+    /// Default of `WS_PERMESSAGE_DEFLATE`: on, since browsers offer it and an
+    /// event frame is compressed once for every connection (bandwidth for little CPU).
+    pub const WS_PERMESSAGE_DEFLATE: bool = true;
     /// Default of `WS_MAX_FILTER_TOKENS`: a watchlist is a few dozen tokens;
     /// the cap keeps one subscription's cost to the hub small.
     pub const WS_MAX_FILTER_TOKENS: u32 = 64;
@@ -421,6 +425,10 @@ pub struct WsArgs {
     /// read for this long is disconnected (no close frame can reach it).
     #[arg(long, env = env::WS_WRITE_TIMEOUT_MS, default_value_t = defaults::WS_WRITE_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub write_timeout_ms: u64,
+    /// Accept permessage-deflate (RFC 7692) from clients that offer it: event
+    /// frames are compressed once and shared; `false` sends every client plain frames.
+    #[arg(long, env = env::WS_PERMESSAGE_DEFLATE, default_value_t = defaults::WS_PERMESSAGE_DEFLATE, value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub permessage_deflate: bool,
     /// How long a revocation (`POST /api/sessions/revoke`) refuses the
     /// user's tokens issued before it, in seconds; also how far back an
     /// instance reads the main topic for revocations at start-up.

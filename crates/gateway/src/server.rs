@@ -220,7 +220,7 @@ impl Gateway {
             hub: hub.clone(),
             metrics: metrics.clone(),
             auth: Authenticator::new(ws.jwt_secret.as_deref(), ws.jwt_max_lifetime_secs),
-            limits: Limits {
+            limits: Arc::new(Limits {
                 max_frame_bytes: ws.max_frame_bytes as usize,
                 max_subscriptions: ws.max_subscriptions,
                 rate_per_sec: ws.rate_limit_per_sec,
@@ -228,8 +228,9 @@ impl Gateway {
                 dedup_window: ws.dedup_window,
                 max_filter_tokens: ws.max_filter_tokens as usize,
                 write_timeout: ws.write_timeout(),
+                permessage_deflate: ws.permessage_deflate,
                 ..Limits::default()
-            },
+            }),
             allowed_origins: Arc::new(ws.allowed_origins.clone()),
             source: source_health,
             shutdown: shutdown.clone(),

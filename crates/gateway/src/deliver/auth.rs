@@ -51,10 +51,11 @@ pub struct Identity {
     pub issued_at_secs: Option<u64>,
 }
 
+/// Cheap to clone (shared key and rules): every connection holds one.
 #[derive(Clone)]
 pub struct Authenticator {
-    key: Option<DecodingKey>,
-    validation: Validation,
+    key: Option<std::sync::Arc<DecodingKey>>,
+    validation: std::sync::Arc<Validation>,
     max_lifetime_secs: u64,
 }
 
@@ -106,7 +107,7 @@ impl Authenticator {
         validation.leeway = 0;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        Authenticator { key: secret.map(|s| DecodingKey::from_secret(s.as_bytes())), validation, max_lifetime_secs }
+        Authenticator { key: secret.map(|s| std::sync::Arc::new(DecodingKey::from_secret(s.as_bytes()))), validation: std::sync::Arc::new(validation), max_lifetime_secs }
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {

@@ -20,6 +20,9 @@ pub struct Frame {
     /// session skips live frames its client already has).
     pub offset: i64,
     pub frame: Utf8Bytes,
+    /// `frame` compressed for permessage-deflate, made by the first
+    /// connection that needs it and shared by the others (`socket::compressed_of`).
+    pub deflated: std::sync::OnceLock<Option<bytes::Bytes>>,
 }
 
 /// Frame bytes as WebSocket text.

@@ -490,6 +490,7 @@ impl Hub {
             channel,
             offset: at.map_or(-1, |a| a.offset),
             frame: utf8(super::protocol::event_frame_at(channel, envelope, pos.as_deref())),
+            deflated: Default::default(),
         })
     }
 

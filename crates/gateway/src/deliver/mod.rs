@@ -1,6 +1,7 @@
 //! The WebSocket side: protocol v1 (`protocol`), authentication (`auth`),
 //! the fan-out hub that decides who receives what (`hub`), and one task per
-//! connection (`session`); who had their sessions revoked (`revocation`).
+//! connection (`session`) over its WebSocket wire (`socket`, with
+//! permessage-deflate); who had their sessions revoked (`revocation`).
 
 pub mod auth;
 pub mod dedup;
@@ -12,6 +13,7 @@ pub mod protocol;
 pub mod revocation;
 pub mod resume;
 pub mod session;
+pub mod socket;
 
 pub use hub::{Hub, HubSettings};
 

@@ -40,7 +40,12 @@ impl LatestPrices {
             .iter()
             .filter(move |(token, _)| wanted(token))
             .flat_map(|(_, chains)| chains.values())
-            .map(|live| Arc::new(Frame { frame: utf8(super::protocol::snapshot_of(live.frame.as_bytes())), ..Frame::clone(live) }))
+            .map(|live| Arc::new(Frame {
+                // The snapshot's text differs from the live frame's: its own compressed copy, when needed.
+                frame: utf8(super::protocol::snapshot_of(live.frame.as_bytes())),
+                deflated: Default::default(),
+                ..Frame::clone(live)
+            }))
     }
 
     /// How many (token, chain) prices are held.
@@ -60,7 +65,7 @@ mod tests {
 
     fn live(id: u128, body: &str) -> Outbound {
         let frame = super::super::protocol::event_frame_at(Channel::Prices, body.as_bytes(), None);
-        Arc::new(Frame { event_id: id, timestamp_ms: 0, channel: Channel::Prices, offset: -1, frame: utf8(frame) })
+        Arc::new(Frame { event_id: id, timestamp_ms: 0, channel: Channel::Prices, offset: -1, frame: utf8(frame), deflated: Default::default() })
     }
 
     #[test]

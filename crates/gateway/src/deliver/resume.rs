@@ -560,6 +560,7 @@ mod tests {
             channel: Channel::Orders,
             offset: 0,
             frame: axum::extract::ws::Utf8Bytes::from("{}"),
+            deflated: Default::default(),
         });
         for offset in 10..15 {
             let at = At { topic: "t", partition: 0, offset };

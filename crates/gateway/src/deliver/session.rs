@@ -1,6 +1,10 @@
 //! One task per WebSocket connection: reads client messages, answers them,
 //! and writes the event frames the hub queued for it.
 //!
+//! An idle session holds no buffer and no write timer (the socket takes
+//! buffers per frame, writes and their timeouts are boxed while under way),
+//! so a connection costs a few KiB (issue 14 item 4).
+//!
 //! Writes are batched: whatever is queued is fed to the socket and flushed
 //! once. Every write (a batch, a reply, a close) must finish within the
 //! write timeout (`WS_WRITE_TIMEOUT_MS`), or the client is judged gone and
@@ -26,13 +30,12 @@ use super::dedup::RecentIds;
 use super::hub::{ConnId, Hub, Outbound, ResumeStart};
 use super::resume::{HistoryError, HistoryFuture, ResumeOutcome};
 use super::protocol::{self, close_code, ErrorCode, ProtocolError, Request};
+use super::socket::{Incoming, ReadError, Socket};
 use super::entitlement::{self, Refusal};
 use crate::telemetry::events::{AuthRefused, InternalEvent};
 use super::Channel;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures::stream::SplitSink;
-use futures::{SinkExt, StreamExt};
 use prometheus::Histogram;
+use tokio::io::{AsyncRead, AsyncWrite};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -71,24 +74,15 @@ impl Disconnect {
     pub const REVOKED: Disconnect = Disconnect { code: Some(close_code::SESSION_REVOKED), reason: "session revoked", label: "revoked" };
     pub const INVALID_UTF8: Disconnect = Disconnect { code: Some(INVALID_PAYLOAD_CODE), reason: "text frame is not valid UTF-8", label: "invalid_utf8" };
 
-    /// What a failed read means. axum hides the WebSocket library's error
-    /// type; its inner error is tungstenite's.
-    fn of_read_error(e: axum::Error) -> Disconnect {
-        use tungstenite::error::{Error as WsError, ProtocolError as WsProtocol};
-        let inner = e.into_inner();
-        let Some(ws) = inner.downcast_ref::<WsError>() else {
-            tracing::debug!("WebSocket read failed: {inner}");
-            return Disconnect::CONNECTION_LOST;
+    /// What a failed read means.
+    fn of_read_error(e: ReadError) -> Disconnect {
+        let d = match e {
+            ReadError::TooBig => Disconnect::MESSAGE_TOO_BIG,
+            ReadError::InvalidUtf8 => Disconnect::INVALID_UTF8,
+            ReadError::Protocol => Disconnect::PROTOCOL_ERROR,
+            ReadError::Lost => Disconnect::CONNECTION_LOST,
         };
-        let d = match ws {
-            WsError::Capacity(_) => Disconnect::MESSAGE_TOO_BIG,
-            WsError::Utf8(_) => Disconnect::INVALID_UTF8,
-            WsError::Protocol(WsProtocol::ResetWithoutClosingHandshake) => Disconnect::CONNECTION_LOST,
-            WsError::Protocol(_) | WsError::AttackAttempt => Disconnect::PROTOCOL_ERROR,
-            WsError::ConnectionClosed | WsError::AlreadyClosed => Disconnect::CLIENT_CLOSED,
-            _ => Disconnect::CONNECTION_LOST,
-        };
-        tracing::debug!(reason = d.label, "WebSocket read failed: {ws}");
+        tracing::debug!(reason = d.label, "WebSocket read failed: {e:?}");
         d
     }
 }
@@ -112,6 +106,18 @@ pub struct Limits {
     pub max_filter_tokens: usize,
     /// The longest one write (a batch, a reply, a close) may block.
     pub write_timeout: Duration,
+    /// Accept permessage-deflate from clients that offer it (`WS_PERMESSAGE_DEFLATE`).
+    pub permessage_deflate: bool,
+}
+
+impl Limits {
+    /// The largest client message read at all (a frame, the frames of a
+    /// message together, or a message once inflated): above it the
+    /// connection is closed with 1009; between `max_frame_bytes` and it,
+    /// the client gets an error frame.
+    pub fn hard_cap(&self) -> usize {
+        (self.max_frame_bytes * 4).max(64 * 1024)
+    }
 }
 
 impl Default for Limits {
@@ -126,6 +132,7 @@ impl Default for Limits {
             max_consecutive_errors: MAX_CONSECUTIVE_ERRORS,
             max_filter_tokens: crate::config::defaults::WS_MAX_FILTER_TOKENS as usize,
             write_timeout: Duration::from_millis(crate::config::defaults::WS_WRITE_TIMEOUT_MS),
+            permessage_deflate: crate::config::defaults::WS_PERMESSAGE_DEFLATE,
         }
     }
 }
@@ -156,19 +163,22 @@ impl From<WriteFailure> for Disconnect {
     }
 }
 
-/// Runs one write under the write timeout.
-async fn timed<F>(limit: Duration, write: F) -> Result<(), WriteFailure>
+/// A write under the write timeout. Boxed: the write and its timer take
+/// memory only while a write is under way, not in every idle session.
+fn timed<'a, F>(limit: Duration, write: F) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), WriteFailure>> + Send + 'a>>
 where
-    F: std::future::Future<Output = Result<(), axum::Error>>,
+    F: std::future::Future<Output = std::io::Result<()>> + Send + 'a,
 {
-    match tokio::time::timeout(limit, write).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => {
-            tracing::debug!("WebSocket write failed: {e}");
-            Err(WriteFailure::Failed)
+    Box::pin(async move {
+        match tokio::time::timeout(limit, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::debug!("WebSocket write failed: {e}");
+                Err(WriteFailure::Failed)
+            }
+            Err(_) => Err(WriteFailure::TimedOut),
         }
-        Err(_) => Err(WriteFailure::TimedOut),
-    }
+    })
 }
 /// Live frames of a resuming channel held while its history is read; past
 /// this the resume is abandoned (`recovered:false`) and they go out live.
@@ -200,13 +210,12 @@ impl RateLimiter {
     }
 }
 
-type Sink = SplitSink<WebSocket, Message>;
-
 struct Session {
     id: ConnId,
     hub: Hub,
     auth: Authenticator,
-    limits: Limits,
+    /// Shared by every connection.
+    limits: std::sync::Arc<Limits>,
     identity: Option<Identity>,
     recent: RecentIds,
     rate: RateLimiter,
@@ -215,14 +224,14 @@ struct Session {
     /// A subscription acknowledged to the client, to record once the reply is out.
     pending_subscription: Option<(Channel, Option<Vec<String>>)>,
     /// Set when the reply being sent is the last: the connection then closes.
-    close_after_reply: Option<Disconnect>,
+    close_after_reply: Option<&'static Disconnect>,
     // resume (SPEC 6.1)
     /// Replayed frames to write right after the reply that announced them.
     replay: Vec<Outbound>,
     /// A resume waiting for the history: its reply and frames come when it
     /// is read; meanwhile the channel's live frames are held in `held`
     /// (other channels flow on).
-    resuming: Option<Resuming>,
+    resuming: Option<Box<Resuming>>,
     /// Resumes asked for while one waits for its history (a client that
     /// re-subscribes its channels at once): started in order, one at a
     /// time, each when the one before has answered. At most one per channel.
@@ -230,7 +239,8 @@ struct Session {
     held: Vec<Outbound>,
     /// Per channel, live frames at or before this offset are ones the
     /// client already has (it resumed from a position this instance had not reached).
-    skip_through: [i64; 5],
+    /// Boxed: set only by a resume.
+    skip_through: Option<Box<[i64; 5]>>,
 }
 
 struct Resuming {
@@ -240,35 +250,33 @@ struct Resuming {
     read: HistoryFuture,
 }
 
-/// Runs a connection to its end. `initial_token` comes from the query
-/// string or the Authorization header of the upgrade request; `remote` is
-/// the client's address (listed by `GET /api/connections`).
-pub async fn run(
-    socket: WebSocket,
+/// Runs a connection to its end, once `upgrade` hands over the socket
+/// (`None`: the upgrade failed); `deflate` when the handshake accepted
+/// permessage-deflate. `initial_token` comes from the query string or the
+/// Authorization header of the upgrade request; `remote` is the client's
+/// address (listed by `GET /api/connections`).
+///
+/// The session's state is built here, before the task starts, and the task
+/// uses it in place: an idle connection's task holds each value once.
+#[allow(clippy::too_many_arguments)]
+pub fn run<U, S>(
+    upgrade: U,
+    deflate: bool,
     hub: Hub,
     auth: Authenticator,
-    limits: Limits,
+    limits: std::sync::Arc<Limits>,
     initial_token: Option<String>,
     shutdown: CancellationToken,
     remote: Option<std::net::SocketAddr>,
-) {
-    let reg = match hub.register_from(remote) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::debug!("WebSocket refused after upgrade: {e}");
-            let mut socket = socket;
-            let d = Disconnect::CONNECTION_LIMIT;
-            let _ = timed(limits.write_timeout, socket.send(close(d.code.unwrap_or_default(), d.reason))).await;
-            hub.metrics().disconnects.with_label_values(&[d.label]).inc();
-            return;
-        }
-    };
-    let metrics = hub.metrics().clone();
-    let latency = Channel::ALL.map(|c| metrics.end_to_end_latency.with_label_values(&[c.as_str()]));
-    let write_timeout = limits.write_timeout;
-    let mut session = Session {
-        id: reg.id,
-        hub: hub.clone(),
+) -> impl std::future::Future<Output = ()> + Send
+where
+    U: std::future::Future<Output = Option<S>> + Send,
+    S: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    let latency = Channel::ALL.map(|c| hub.metrics().end_to_end_latency.with_label_values(&[c.as_str()]));
+    let session = Session {
+        id: 0, // given by the hub once the socket is there
+        hub,
         auth,
         recent: RecentIds::new(limits.dedup_window),
         rate: RateLimiter::new(limits.rate_per_sec, limits.rate_burst),
@@ -282,151 +290,176 @@ pub async fn run(
         resuming: None,
         queued_resumes: std::collections::VecDeque::new(),
         held: Vec::new(),
-        skip_through: [-1; 5],
+        skip_through: None,
     };
-    let (mut sink, mut stream) = socket.split();
-    let mut queue = reg.queue;
-    let kill = reg.kill;
-    let revoked = reg.revoked;
+    // An async block, not an async fn: its captures are used in place,
+    // where an async fn would copy its arguments into its body.
+    let mut session = session;
+    async move {
+        let Some(socket) = upgrade.await else { return };
+        let mut ws = Socket::new(socket, deflate, session.limits.hard_cap());
+        let hub = session.hub.clone();
+        let write_timeout = session.limits.write_timeout;
+        let reg = match hub.register_from(remote) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!("WebSocket refused after upgrade: {e}");
+                let d = Disconnect::CONNECTION_LIMIT;
+                ws.feed_close(d.code, d.reason, &[]);
+                let _ = timed(write_timeout, ws.flush()).await;
+                hub.metrics().disconnects.with_label_values(&[d.label]).inc();
+                return;
+            }
+        };
+        session.id = reg.id;
+        let metrics = hub.metrics().clone();
+        let mut queue = reg.queue;
+        let kill = reg.kill;
+        let revoked = reg.revoked;
 
-    let mut ended: Option<Disconnect> = None;
-    if let Some(token) = initial_token {
-        let reply = session.authenticate(&token, &None).unwrap_or_else(|e| session.fail(e));
-        if let Err(f) = timed(write_timeout, sink.send(text(reply))).await {
-            ended = Some(f.into());
+        // The token's expiry, armed while there is an identity (boxed: an
+        // unauthenticated connection holds no timer).
+        let mut expiry: Option<(u64, std::pin::Pin<Box<tokio::time::Sleep>>)> = None;
+        let mut ended: Option<Disconnect> = None;
+        // The payload of the client's close frame, echoed (RFC 6455 5.5.1).
+        let mut client_close = Vec::new();
+        if let Some(token) = initial_token {
+            let reply = session.authenticate(&token, &None).unwrap_or_else(|e| session.fail(e));
+            if let Err(f) = timed(write_timeout, ws.send_text(&reply)).await {
+                ended = Some(f.into());
+            }
         }
-    }
 
-    let disconnect = match ended {
-        Some(d) => d,
-        None => loop {
-            if let Some(d) = session.close_after_reply.take() {
-                break d;
-            }
-            if session.resuming.is_none()
-                && let Some((ch, since, id)) = session.queued_resumes.pop_front()
-            {
-                // The next queued resume: answered now (from memory, or not
-                // recovered), or it waits for its history like the first.
-                if let Some(reply) = session.resume(ch, &since, &id) {
-                    if let Err(f) = timed(write_timeout, sink.send(text(reply))).await { break f.into(); }
-                    let frames = std::mem::take(&mut session.replay);
-                    if let Err(f) = timed(write_timeout, session.write_frames(&mut sink, frames)).await { break f.into(); }
+        let disconnect = match ended {
+            Some(d) => d,
+            None => loop {
+                if let Some(d) = session.close_after_reply.take() {
+                    break *d;
                 }
-                continue;
-            }
-            let expiry = session.identity.as_ref().map(|i| i.expires_at_ms);
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break Disconnect::SHUTDOWN,
-                // Condemned: no further event frame is written; the error
-                // frame and the close get a write timeout of their own.
-                _ = kill.cancelled() => break Disconnect::SLOW_CONSUMER,
-                _ = revoked.cancelled() => break Disconnect::REVOKED,
-                _ = sleep_until_ms(expiry) => {
-                    session.expire();
-                    let msg = protocol::error(ErrorCode::Unauthorized, "your token expired: private subscriptions ended, public ones continue", &None);
-                    if let Err(f) = timed(write_timeout, sink.send(text(msg))).await { break f.into(); }
-                }
-                read = async { (&mut session.resuming.as_mut().expect("guarded").read).await }, if session.resuming.is_some() => {
-                    let reply = session.resumed(read);
-                    if let Err(f) = timed(write_timeout, sink.send(text(reply))).await { break f.into(); }
-                    let mut frames = std::mem::take(&mut session.replay);
-                    frames.append(&mut session.held); // the replay, then the live frames held meanwhile
-                    if let Err(f) = timed(write_timeout, session.write_frames(&mut sink, frames)).await { break f.into(); }
-                }
-                first = queue.recv() => {
-                    let Some(first) = first else { break Disconnect::SERVER_CLOSED };
-                    let written = tokio::select! {
-                        r = timed(write_timeout, session.write_batch(&mut sink, first, &mut queue)) => r,
-                        // Stop mid-batch: tungstenite keeps a partly written
-                        // frame buffered, so the frames that follow stay whole.
-                        _ = kill.cancelled() => Ok(()),
-                        _ = revoked.cancelled() => Ok(()),
-                    };
-                    if let Err(f) = written { break f.into(); }
-                }
-                incoming = stream.next() => {
-                    let reply = match incoming {
-                        None => break Disconnect::CLIENT_CLOSED,
-                        Some(Err(e)) => break Disconnect::of_read_error(e),
-                        Some(Ok(Message::Close(_))) => break Disconnect::CLIENT_CLOSED,
-                        Some(Ok(Message::Text(t))) => session.on_text(&t),
-                        Some(Ok(Message::Binary(_))) => Some(session.fail(ProtocolError::new(ErrorCode::BadRequest, "binary frames are not supported: send JSON text", None))),
-                        Some(Ok(_)) => None, // ping/pong: answered by the WebSocket layer
-                    };
-                    if let Some(reply) = reply
-                        && let Err(f) = timed(write_timeout, sink.send(text(reply))).await { break f.into(); }
-                    if !session.replay.is_empty() {
+                if session.resuming.is_none()
+                    && let Some((ch, since, id)) = session.queued_resumes.pop_front()
+                {
+                    // The next queued resume: answered now (from memory, or not
+                    // recovered), or it waits for its history like the first.
+                    if let Some(reply) = session.resume(ch, &since, &id) {
+                        if let Err(f) = timed(write_timeout, ws.send_text(&reply)).await { break f.into(); }
                         let frames = std::mem::take(&mut session.replay);
-                        if let Err(f) = timed(write_timeout, session.write_frames(&mut sink, frames)).await { break f.into(); }
+                        if let Err(f) = timed(write_timeout, session.write_frames(&mut ws, frames)).await { break f.into(); }
                     }
-                    if let Some((ch, tokens)) = session.pending_subscription.take() {
-                        hub.subscribe(session.id, ch, tokens.as_deref());
+                    continue;
+                }
+                let expires_at = session.identity.as_ref().map(|i| i.expires_at_ms);
+                if expires_at != expiry.as_ref().map(|e| e.0) {
+                    expiry = expires_at.map(|at| (at, Box::pin(sleep_until_ms(at))));
+                }
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break Disconnect::SHUTDOWN,
+                    // Condemned: no further event frame is written; the error
+                    // frame and the close get a write timeout of their own.
+                    _ = kill.cancelled() => break Disconnect::SLOW_CONSUMER,
+                    _ = revoked.cancelled() => break Disconnect::REVOKED,
+                    _ = async { expiry.as_mut().expect("guarded").1.as_mut().await }, if expiry.is_some() => {
+                        expiry = None;
+                        session.expire();
+                        let msg = protocol::error(ErrorCode::Unauthorized, "your token expired: private subscriptions ended, public ones continue", &None);
+                        if let Err(f) = timed(write_timeout, ws.send_text(&msg)).await { break f.into(); }
                     }
-                    if session.consecutive_errors >= session.limits.max_consecutive_errors {
-                        break Disconnect::TOO_MANY_ERRORS;
+                    read = async { (&mut session.resuming.as_mut().expect("guarded").read).await }, if session.resuming.is_some() => {
+                        let reply = session.resumed(read);
+                        if let Err(f) = timed(write_timeout, ws.send_text(&reply)).await { break f.into(); }
+                        let mut frames = std::mem::take(&mut session.replay);
+                        frames.append(&mut session.held); // the replay, then the live frames held meanwhile
+                        if let Err(f) = timed(write_timeout, session.write_frames(&mut ws, frames)).await { break f.into(); }
+                    }
+                    first = queue.recv() => {
+                        let Some(first) = first else { break Disconnect::SERVER_CLOSED };
+                        let written = tokio::select! {
+                            r = timed(write_timeout, session.write_batch(&mut ws, first, &mut queue)) => r,
+                            // Stop mid-batch: the writer keeps what it has not
+                            // written yet, so the frames that follow stay whole.
+                            _ = kill.cancelled() => Ok(()),
+                            _ = revoked.cancelled() => Ok(()),
+                        };
+                        if let Err(f) = written { break f.into(); }
+                    }
+                    incoming = ws.next() => {
+                        let reply = match incoming {
+                            Err(e) => break Disconnect::of_read_error(e),
+                            Ok(Incoming::Close(payload)) => {
+                                client_close = payload;
+                                break Disconnect::CLIENT_CLOSED;
+                            }
+                            Ok(Incoming::Text(t)) => session.on_text(&t),
+                            Ok(Incoming::Binary) => Some(session.fail(ProtocolError::new(ErrorCode::BadRequest, "binary frames are not supported: send JSON text", None))),
+                            Ok(Incoming::Ping(payload)) => {
+                                ws.feed_pong(&payload);
+                                if let Err(f) = timed(write_timeout, ws.flush()).await { break f.into(); }
+                                None
+                            }
+                        };
+                        if let Some(reply) = reply
+                            && let Err(f) = timed(write_timeout, ws.send_text(&reply)).await { break f.into(); }
+                        if !session.replay.is_empty() {
+                            let frames = std::mem::take(&mut session.replay);
+                            if let Err(f) = timed(write_timeout, session.write_frames(&mut ws, frames)).await { break f.into(); }
+                        }
+                        if let Some((ch, tokens)) = session.pending_subscription.take() {
+                            hub.subscribe(session.id, ch, tokens.as_deref());
+                        }
+                        if session.consecutive_errors >= session.limits.max_consecutive_errors {
+                            break Disconnect::TOO_MANY_ERRORS;
+                        }
                     }
                 }
-            }
-        },
-    };
+            },
+        };
 
-    // Gone from delivery first: nothing more is queued while we say goodbye.
-    hub.unregister(session.id, disconnect.reason);
-    metrics.disconnects.with_label_values(&[disconnect.label]).inc();
-    tracing::debug!(connection = session.id, reason = disconnect.label, "WebSocket connection ended");
-    if let Some(code) = disconnect.code {
-        // One write timeout for the goodbye as a whole (error frame + close),
-        // the same patience as any other write.
-        let goodbye = async {
+        // Gone from delivery first: nothing more is queued while we say goodbye.
+        hub.unregister(session.id, disconnect.reason);
+        metrics.disconnects.with_label_values(&[disconnect.label]).inc();
+        tracing::debug!(connection = session.id, reason = disconnect.label, "WebSocket connection ended");
+        if let Some(code) = disconnect.code {
+            // One write timeout for the goodbye as a whole (error frame + close),
+            // the same patience as any other write.
             if disconnect == Disconnect::SLOW_CONSUMER {
                 let msg = protocol::error(ErrorCode::SlowConsumer, "your queue overflowed: you were not reading fast enough", &None);
-                sink.send(text(msg)).await?;
+                ws.feed_text(&msg);
             }
-            sink.send(close(code, disconnect.reason)).await
-        };
-        if timed(write_timeout, goodbye).await.is_ok() {
-            // The close handshake: wait for the client's close frame (reading
-            // also drains its unread data, so the socket closes with FIN and
-            // what we sent is not discarded by a reset).
-            let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
-                while let Some(Ok(m)) = stream.next().await {
-                    if matches!(m, Message::Close(_)) {
-                        break;
+            ws.feed_close(Some(code), disconnect.reason, &[]);
+            if timed(write_timeout, ws.flush()).await.is_ok() {
+                // The close handshake: wait for the client's close frame (reading
+                // also drains its unread data, so the socket closes with FIN and
+                // what we sent is not discarded by a reset).
+                let _ = Box::pin(tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+                    while let Ok(m) = ws.next().await {
+                        if matches!(m, Incoming::Close(_)) {
+                            break;
+                        }
                     }
-                }
-            })
-            .await;
+                }))
+                .await;
+            }
+        } else if disconnect == Disconnect::CLIENT_CLOSED {
+            // The client started the close handshake: answer it.
+            ws.feed_close(None, "", &client_close);
+            let _ = timed(write_timeout, ws.flush()).await;
         }
     }
 }
 
-async fn sleep_until_ms(at_ms: Option<u64>) {
-    match at_ms {
-        Some(at) => {
-            let now = moonx_events::validate::now_ms();
-            tokio::time::sleep(Duration::from_millis(at.saturating_sub(now))).await
-        }
-        None => std::future::pending().await,
-    }
-}
-
-fn text(s: String) -> Message {
-    Message::Text(s.into())
-}
-
-fn close(code: u16, reason: &str) -> Message {
-    Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }))
+fn sleep_until_ms(at_ms: u64) -> tokio::time::Sleep {
+    let now = moonx_events::validate::now_ms();
+    tokio::time::sleep(Duration::from_millis(at_ms.saturating_sub(now)))
 }
 
 impl Session {
-    async fn write_batch(
+    async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
-        sink: &mut Sink,
+        ws: &mut Socket<S>,
         first: Outbound,
         queue: &mut tokio::sync::mpsc::Receiver<Outbound>,
-    ) -> Result<(), axum::Error> {
+    ) -> std::io::Result<()> {
         let mut pending = Some(first);
         let mut fed = 0;
         // One clock read per batch: the frames of a batch are written together.
@@ -441,21 +474,21 @@ impl Session {
                     let reply = protocol::subscribed_resumed(r.channel, false, 0, &r.id);
                     self.resuming = None;
                     self.hub.resume_metrics().requests.with_label_values(&["held_overflow"]).inc();
-                    sink.feed(Message::Text(reply.into())).await?;
+                    ws.feed_text(&reply);
                     let held = std::mem::take(&mut self.held);
                     for h in held.into_iter().chain(std::iter::once(out)) {
                         if self.recent.first_time(h.event_id) {
-                            sink.feed(Message::Text(h.frame.clone())).await?;
+                            ws.feed_event(&h);
                         }
                     }
                 }
-            } else if out.offset >= 0 && out.offset <= self.skip_through[out.channel as usize] {
+            } else if out.offset >= 0 && self.skip_through.as_ref().is_some_and(|s| out.offset <= s[out.channel as usize]) {
                 // resume: the client has this one from another instance.
                 self.hub.metrics().duplicates_suppressed.inc();
             } else if self.recent.first_time(out.event_id) {
                 let lag_ms = now_ms.saturating_sub(out.timestamp_ms);
                 self.latency[out.channel as usize].observe(lag_ms as f64 / 1000.0);
-                sink.feed(Message::Text(out.frame.clone())).await?;
+                ws.feed_event(&out);
                 fed += 1;
             } else {
                 self.hub.metrics().duplicates_suppressed.inc();
@@ -464,17 +497,17 @@ impl Session {
                 pending = queue.try_recv().ok();
             }
         }
-        sink.flush().await
+        ws.flush().await
     }
 
     /// Writes replayed frames (resume), in order, and flushes once.
-    async fn write_frames(&mut self, sink: &mut Sink, frames: Vec<Outbound>) -> Result<(), axum::Error> {
+    async fn write_frames<S: AsyncRead + AsyncWrite + Unpin>(&mut self, ws: &mut Socket<S>, frames: Vec<Outbound>) -> std::io::Result<()> {
         for out in frames {
             if self.recent.first_time(out.event_id) {
-                sink.feed(Message::Text(out.frame.clone())).await?;
+                ws.feed_event(&out);
             }
         }
-        sink.flush().await
+        ws.flush().await
     }
 
     /// Starts a subscription with `since` on a private channel; the reply
@@ -494,13 +527,13 @@ impl Session {
             }
             ResumeStart::Recovered { frames, skip_through } => {
                 ResumeOutcome::Recovered { source: "memory", events: frames.len() }.emit(&metrics, self.id, ch, Some(started.elapsed()));
-                self.skip_through[ch as usize] = skip_through;
+                self.skip_through.get_or_insert_with(|| Box::new([-1; 5]))[ch as usize] = skip_through;
                 let reply = protocol::subscribed_resumed(ch, true, frames.len(), id);
                 self.replay = frames;
                 Some(reply)
             }
             ResumeStart::FromHistory { request, history } => {
-                self.resuming = Some(Resuming { channel: ch, id: id.clone(), started, read: history.read(request) });
+                self.resuming = Some(Box::new(Resuming { channel: ch, id: id.clone(), started, read: history.read(request) }));
                 None
             }
         }
@@ -508,7 +541,7 @@ impl Session {
 
     /// The reply to a resume whose history was read; its frames go to `replay`.
     fn resumed(&mut self, read: Result<Vec<super::resume::Replayed>, HistoryError>) -> String {
-        let Resuming { channel, id, started, .. } = self.resuming.take().expect("a resume was in flight");
+        let Resuming { channel, id, started, .. } = *self.resuming.take().expect("a resume was in flight");
         let metrics = self.hub.resume_metrics().clone();
         let elapsed = Some(started.elapsed());
         if !self.hub.is_subscribed(self.id, channel) {
@@ -635,7 +668,7 @@ impl Session {
                         return Err(ProtocolError::new(ErrorCode::Unauthorized, e.to_string(), id.clone()));
                     }
                     // Beyond the user's connection limit: refused, then closed.
-                    self.close_after_reply = Some(Disconnect::USER_CONNECTION_LIMIT);
+                    self.close_after_reply = Some(&Disconnect::USER_CONNECTION_LIMIT);
                     return Err(ProtocolError::new(ErrorCode::LimitExceeded, e.to_string(), id.clone()));
                 }
                 tracing::trace!(connection = self.id, user = %identity.user_id, admin = identity.admin, "authenticated");

@@ -6,7 +6,9 @@
 //! endpoints `GET /api/dead-letters`, `POST /api/sessions/revoke` and
 //! `GET /api/connections` (`sessions`) need an admin JWT or an admin key.
 //! An upgrade with a non-ASCII or repeated `Origin` is refused like a
-//! foreign one, and malformed upgrades are answered in our words.
+//! foreign one, and malformed upgrades are answered in our words. The
+//! upgrade handshake is ours (RFC 6455 4.2), so that it can accept
+//! `permessage-deflate` (`deliver::socket`) when `WS_PERMESSAGE_DEFLATE` allows.
 
 pub mod credentials;
 pub mod publish;
@@ -22,10 +24,9 @@ use crate::source::publish::Publisher;
 use moonx_events::{EventFactory, TypeRegistry};
 use crate::telemetry::Metrics;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::WebSocketUpgrade;
+use crate::deliver::socket;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -50,7 +51,7 @@ pub struct AppState {
     pub hub: Hub,
     pub metrics: Arc<Metrics>,
     pub auth: Authenticator,
-    pub limits: Limits,
+    pub limits: Arc<Limits>,
     pub allowed_origins: Arc<Vec<String>>,
     pub source: SourceHealth,
     pub shutdown: CancellationToken,
@@ -222,22 +223,39 @@ async fn metrics(State(app): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render()).into_response()
 }
 
+/// What is wrong with a WebSocket upgrade request (RFC 6455 4.2.1), if anything.
+fn upgrade_refusal(method: &Method, headers: &HeaderMap) -> Option<&'static str> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if method != Method::GET {
+        Some("not a GET")
+    } else if !has_token(header::CONNECTION, "upgrade") {
+        Some("no Connection: Upgrade")
+    } else if !has_token(header::UPGRADE, "websocket") {
+        Some("no Upgrade: websocket")
+    } else if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v != "13") {
+        Some("Sec-WebSocket-Version is not 13")
+    } else if headers.get(header::SEC_WEBSOCKET_KEY).is_none() {
+        Some("no Sec-WebSocket-Key")
+    } else {
+        None
+    }
+}
+
 async fn websocket(
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     State(app): State<AppState>,
-    headers: HeaderMap,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    mut request: axum::extract::Request,
 ) -> Response {
     let remote = peer.map(|axum::Extension(axum::extract::ConnectInfo(addr))| addr);
-    // Our words, not axum's: the rejection's detail goes to the log.
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(e) => {
-            tracing::debug!("WebSocket upgrade refused: {e}");
-            return (e.status(), "this endpoint expects a WebSocket upgrade (GET with Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13)").into_response();
-        }
-    };
+    let headers = request.headers();
+    // Our words: the detail goes to the log.
+    if let Some(why) = upgrade_refusal(request.method(), headers) {
+        tracing::debug!("WebSocket upgrade refused: {why}");
+        return (StatusCode::BAD_REQUEST, "this endpoint expects a WebSocket upgrade (GET with Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13)").into_response();
+    }
     let Ok(Query(query)) = query else {
         return (StatusCode::BAD_REQUEST, "the query string cannot be read: use ?token=<JWT>").into_response();
     };
@@ -262,27 +280,43 @@ async fn websocket(
         app.metrics.connections_rejected.with_label_values(&["max_connections"]).inc();
         return (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached").into_response();
     }
-    let token = query.get("token").cloned().or_else(|| credentials::bearer(&headers).map(str::to_owned));
-    // Small buffers: tungstenite's defaults (128 KiB each) would dominate
-    // per-connection memory. Frames above the hard cap get close 1009 (see
+    let token = query.get("token").cloned().or_else(|| credentials::bearer(headers).map(str::to_owned));
+    let deflate = app.limits.permessage_deflate
+        && socket::offers_deflate(headers.get_all(header::SEC_WEBSOCKET_EXTENSIONS).iter().filter_map(|v| v.to_str().ok()));
+    let accept = headers.get(header::SEC_WEBSOCKET_KEY).map(|k| tungstenite::handshake::derive_accept_key(k.as_bytes()));
+    let Some(accept) = accept.and_then(|a| HeaderValue::from_str(&a).ok()) else {
+        return (StatusCode::BAD_REQUEST, "this endpoint expects a WebSocket upgrade (GET with Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13)").into_response();
+    };
+    let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return (StatusCode::UPGRADE_REQUIRED, "this connection cannot be upgraded to a WebSocket").into_response();
+    };
+    // The session runs once hyper hands the socket over (after the 101 is
+    // sent). Frames above the hard cap get close 1009 (see
     // `session::Disconnect`); those between the limit and the cap get an
     // error frame.
-    let hard_cap = (app.limits.max_frame_bytes * 4).max(64 * 1024);
-    ws.read_buffer_size(2 * 1024)
-        .write_buffer_size(8 * 1024)
-        .max_write_buffer_size(MAX_OUTBOUND_FRAME_BYTES)
-        .max_message_size(hard_cap)
-        .max_frame_size(hard_cap)
-        .on_upgrade(move |socket| session::run(socket, app.hub, app.auth, app.limits, token, app.shutdown, remote))
+    // Only what the session needs goes into its task (it lives as long as the connection).
+    let AppState { hub, auth, limits, shutdown, .. } = app;
+    let upgrade = async move {
+        match on_upgrade.await {
+            Ok(upgraded) => Some(hyper_util::rt::TokioIo::new(upgraded)),
+            Err(e) => {
+                tracing::debug!("WebSocket upgrade failed: {e}");
+                None
+            }
+        }
+    };
+    let task = session::run(upgrade, deflate, hub, auth, limits, token, shutdown, remote);
+    tokio::spawn(task);
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if deflate {
+        h.insert(header::SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_static(socket::DEFLATE_RESPONSE));
+    }
+    response
 }
-
-/// The write buffer's cap must hold the largest frame we send whole (a frame
-/// above it is refused by tungstenite and ended the connection): an event
-/// frame carries a record of up to the main topic's `max.message.bytes`
-/// (1,000,000) plus the frame's wrapper. The buffer only grows to what is
-/// written (about 8 KiB plus one frame), so this cap costs nothing until a
-/// large frame comes.
-const MAX_OUTBOUND_FRAME_BYTES: usize = 2 * 1024 * 1024;
 
 fn origin_allowed(allowed: &[String], origin: &str) -> bool {
     allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
