@@ -2,6 +2,7 @@
 //! the fan-out hub that decides who receives what (`hub`), and one task per
 //! connection (`session`); who had their sessions revoked (`revocation`).
 
+pub mod audience;
 pub mod auth;
 pub mod dedup;
 pub mod hub;
