@@ -53,11 +53,14 @@ pub struct SkipMarks {
     pub through: Option<i64>,
 }
 
+/// A user's skipped-offset bound per partition (topic, partition, offset), taken when they joined.
+type MarksAtJoin = Vec<(Box<str>, i32, i64)>;
+
 #[derive(Default)]
 struct State {
     /// Users with at least one authenticated connection here, each with the
     /// skipped offsets of their slot, per partition, when they joined.
-    users: HashMap<Box<[u8]>, Vec<(Box<str>, i32, i64)>>,
+    users: HashMap<Box<[u8]>, MarksAtJoin>,
     partitions: Vec<Skipped>,
 }
 
