@@ -196,4 +196,35 @@ mod tests {
         a.operator(false);
         assert!(a.skip_if_absent(b"dave", true, "t", 0, 13));
     }
+
+    /// The hub keeps the audience in step with identities: a user from their
+    /// first authenticated connection to their last, an operator per admin
+    /// connection.
+    #[test]
+    fn the_hub_maintains_it() {
+        use crate::deliver::auth::Identity;
+        use crate::deliver::{Hub, HubSettings};
+        let hub = Hub::new(HubSettings::default(), std::sync::Arc::new(crate::telemetry::Metrics::new()));
+        let audience = hub.local_audience();
+        let who = |user: &str, admin: bool| Some(Identity { user_id: user.into(), admin, expires_at_ms: u64::MAX / 2, issued_at_secs: None });
+        let (a1, a2, ops) = (hub.register().unwrap(), hub.register().unwrap(), hub.register().unwrap());
+        let absent = |user: &[u8], operators_too: bool| audience.skip_if_absent(user, operators_too, "t", 0, 1);
+        assert!(absent(b"alice", true));
+        hub.set_identity(a1.id, who("alice", false)).unwrap();
+        hub.set_identity(a2.id, who("alice", false)).unwrap();
+        assert!(!absent(b"alice", false));
+        hub.unregister(a1.id, "client closed");
+        assert!(!absent(b"alice", false), "alice still has a connection");
+        hub.set_identity(a2.id, who("bob", false)).unwrap();
+        assert!(absent(b"alice", false) && !absent(b"bob", false), "the connection became bob's");
+        hub.set_identity(a2.id, None).unwrap();
+        assert!(absent(b"bob", false), "an expired identity leaves");
+        hub.set_identity(ops.id, who("root", true)).unwrap();
+        assert!(!absent(b"carol", true) && absent(b"carol", false), "an operator may receive presence events");
+        hub.set_identity(ops.id, who("root", false)).unwrap();
+        assert!(absent(b"carol", true), "no longer an admin");
+        hub.set_identity(ops.id, who("root", true)).unwrap();
+        hub.unregister(ops.id, "client closed");
+        assert!(absent(b"carol", true) && absent(b"root", false), "the operator left");
+    }
 }
