@@ -196,6 +196,7 @@ impl Gateway {
                 tracing::info!(
                     group = %settings.group_id, topics = ?settings.topics, brokers = %settings.brokers,
                     validation = pipeline_args.validation, dlq = consumer.dlq, dlq_writer = consumer.dlq_writer,
+                    skip_without_local_audience = !consumer.dlq_writer && consumer.skip_without_local_audience,
                     "consuming as consumer group {}", settings.group_id
                 );
                 tasks.spawn(kafka::run(settings, pipeline, dead_letters, status.clone(), instance.clone(), shutdown.clone()));
