@@ -13,6 +13,8 @@
 //! - Resume: a user whose events were skipped while away reconnects with
 //!   `since` and gets exactly those events (from Kafka: the in-memory window
 //!   never held them), then live.
+//! - The race: the user reconnects with `since` while their events stream
+//!   in and are being skipped: every event after the position, in order, once.
 //!
 //! Waits are on counters and markers, never on silence.
 
@@ -345,4 +347,52 @@ async fn a_user_whose_events_were_skipped_gets_them_on_resume() {
     let m = gw.metrics().await;
     assert_eq!(metric(&m, "moonx_ws_resume_events_total", &[("source", "kafka")]), 5.0, "read back from Kafka, not the window");
     assert_eq!(metric(&m, "moonx_ws_events_skipped_total", &[]), 5.0, "nothing skipped once the user was back");
+}
+
+/// The race of the module comment (`pipeline::skip`): the user reconnects
+/// with `since` while their events stream in and are being skipped. Each
+/// is either skipped before the join (and read back from Kafka) or comes
+/// live after it: exactly every event after the position, in order, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn reconnecting_while_ones_events_are_being_skipped_loses_and_repeats_nothing() {
+    const STREAM: usize = 400;
+    let topics = create_topics("skip-race").await;
+    let gw = Gateway::start(GatewayConfig {
+        extra_env: vec![("DLQ_WRITER", "false".into()), ("WS_PRESENCE_EVENTS", "false".into())],
+        ..GatewayConfig::new(&topics)
+    });
+    gw.wait_healthy().await;
+    let p = producer();
+    let user = "rae";
+
+    let mut c = Client::authed(&gw.ws_url(), user, &[]).await;
+    c.subscribe("orders").await;
+    produce_orders(&p, &topics.main, user, 0..1).await;
+    let pos = events(&mut c, 1).await[0]["pos"].as_str().expect("pos").to_owned();
+    drop(c);
+    gw.wait_metric("the user left", "moonx_ws_connections", &[], WAIT, |v| v == 0.0).await;
+
+    // The user's orders stream in, one at a time, in order.
+    let stream = tokio::spawn({
+        let (p, topic) = (p.clone(), topics.main.clone());
+        async move {
+            let mut ids = Vec::new();
+            for n in 1..=STREAM {
+                ids.extend(produce_orders(&p, &topic, user, n..n + 1).await);
+            }
+            ids
+        }
+    });
+    // Back mid-stream, once skipping is under way.
+    gw.wait_metric("skipping under way", "moonx_ws_events_skipped_total", &[], WAIT, |v| v >= 40.0).await;
+    let mut c = Client::authed(&gw.ws_url(), user, &[]).await;
+    c.send_json(json!({"type": "subscribe", "channel": "orders", "since": pos})).await;
+    let reply = c.recv_type_or_error(WAIT).await;
+    assert_eq!((reply["type"].clone(), reply["recovered"].clone()), (json!("subscribed"), json!(true)), "{reply}");
+    let ids = stream.await.unwrap();
+    assert!(reply["missed"].as_u64().unwrap() >= 40, "the ones skipped before the join are among the missed: {reply}");
+    let got: Vec<String> = events(&mut c, STREAM).await.iter().map(|f| f["event"]["metadata"]["eventId"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(got, ids, "every event after the position, in order, once");
+    c.send_json(json!({"type": "ping", "id": "fence"})).await;
+    assert_eq!(c.recv(WAIT).await.expect("pong")["type"], "pong", "nothing more");
 }
