@@ -53,8 +53,9 @@ pub struct SkipMarks {
     pub through: Option<i64>,
 }
 
-/// A user's skipped-offset bound per partition (topic, partition, offset), taken when they joined.
-type MarksAtJoin = Vec<(Box<str>, i32, i64)>;
+/// A user's skipped-offset bound per partition (its index in `State::partitions`,
+/// which only grows, and the offset), taken when they joined: 16 bytes a partition.
+type MarksAtJoin = Box<[(u32, i64)]>;
 
 #[derive(Default)]
 struct State {
@@ -94,8 +95,9 @@ impl LocalAudience {
         let snapshot = st
             .partitions
             .iter()
-            .map(|p| (p.topic.clone(), p.partition, p.slots[slot].load(Ordering::Relaxed)))
-            .filter(|(_, _, offset)| *offset != NONE)
+            .enumerate()
+            .map(|(i, p)| (i as u32, p.slots[slot].load(Ordering::Relaxed)))
+            .filter(|(_, offset)| *offset != NONE)
             .collect();
         st.users.insert(user.as_bytes().into(), snapshot);
     }
@@ -156,17 +158,15 @@ impl LocalAudience {
     /// its live boundary as at least both marks.
     pub fn skip_marks(&self, user: &str, topic: &str, partition: i32) -> SkipMarks {
         let st = self.read();
+        let Some(index) = st.partitions.iter().position(|p| p.partition == partition && &*p.topic == topic) else {
+            return SkipMarks::default();
+        };
         let before_join = st
             .users
             .get(user.as_bytes())
-            .and_then(|marks| marks.iter().find(|(t, p, _)| *p == partition && &**t == topic))
-            .map(|(_, _, offset)| *offset);
-        let through = st
-            .partitions
-            .iter()
-            .find(|p| p.partition == partition && &*p.topic == topic)
-            .map(|p| p.through.load(Ordering::Relaxed))
-            .filter(|offset| *offset != NONE);
+            .and_then(|marks| marks.iter().find(|(i, _)| *i as usize == index))
+            .map(|(_, offset)| *offset);
+        let through = Some(st.partitions[index].through.load(Ordering::Relaxed)).filter(|offset| *offset != NONE);
         SkipMarks { before_join, through }
     }
 }
