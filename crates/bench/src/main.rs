@@ -16,6 +16,7 @@ mod kafka;
 mod procstat;
 mod report;
 mod resume;
+mod skip_consume;
 mod stats;
 mod suite;
 mod target;
@@ -93,8 +94,10 @@ struct SuiteArgs {
     /// Small N, seconds per scenario.
     #[arg(long)]
     smoke: bool,
-    /// Scenarios to run, of a,b,c,d,e,f,g (g: resume storm, moonx-ws only).
-    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f,g")]
+    /// Scenarios to run, of a,b,b2,c,d,e,f,g (b2: consume with 1 % of the
+    /// users connected on a non-writer instance; g: resume storm; both
+    /// moonx-ws only).
+    #[arg(long, value_delimiter = ',', default_value = "a,b,b2,c,d,e,f,g")]
     only: Vec<String>,
     /// Systems under test, of moonx,baseline.
     #[arg(long, value_delimiter = ',', default_value = "moonx,baseline")]
@@ -263,6 +266,9 @@ async fn run_suite(a: SuiteArgs) -> anyhow::Result<()> {
     }
     if on("b") {
         r.consume = attempt!("b consume", suite.consume().await);
+    }
+    if on("b2") && kinds.contains(&Kind::Moonx) {
+        r.skip_consume = attempt!("b2 skip-consume", suite.skip_consume().await);
     }
     for &k in &kinds {
         if on("c")

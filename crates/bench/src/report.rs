@@ -124,6 +124,9 @@ pub fn targets(r: &Results) -> Vec<Target> {
                 });
             }
         }
+    if let Some(s) = &r.skip_consume {
+        out.extend(crate::skip_consume::targets(s));
+    }
     if let Some(f) = r.fanout.iter().find(|f| f.target == Kind::Moonx) {
         out.push(Target {
             scenario: "c fan-out".into(),
@@ -249,6 +252,9 @@ pub fn markdown(rep: &Report<'_>) -> String {
                 run.cpu_percent, run.cpu_us_per_event, run.rss_mib_end
             );
         }
+    }
+    if let Some(s) = &r.skip_consume {
+        crate::skip_consume::markdown(&mut md, s);
     }
     if !r.fanout.is_empty() {
         let _ = writeln!(md, "\n## c. Fan-out: one price stream to N subscribers\n\n| system | clients | events/s | offered frames/s | delivered frames/s | delivered | p50 ms | p99 ms | gateway's own p50 / p99 ≤ ms | gateway CPU % | load tool CPU % | RSS MiB | closed |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|");

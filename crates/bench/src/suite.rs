@@ -98,6 +98,7 @@ pub struct Results {
     pub memory: Vec<Memory>,
     pub private: Vec<Delivery>,
     pub resume: Option<crate::resume::ResumeRun>,
+    pub skip_consume: Option<crate::skip_consume::SkipConsume>,
     pub errors: Vec<String>,
 }
 
@@ -216,6 +217,12 @@ pub struct MemoryLevel {
     pub rss_mib: f64,
     pub bytes_per_connection: f64,
 }
+
+/// The events of scenario b (and b2): half prices, half user events of
+/// 10,000 users, half of those to the hottest 10 %; one seed, so b and b2
+/// pre-load the same sequence of keys.
+pub(crate) const CONSUME_MIX: Mix = Mix { price_share: 0.5, users: 10_000, hot_share: 0.5 };
+pub(crate) const CONSUME_SEED: u64 = 1;
 
 /// `compression.type` of the topics of the live scenarios (c–f): batches are
 /// stored as the producer sent them (uncompressed), so the broker, which
@@ -411,8 +418,7 @@ impl Suite {
         let brokers = self.programs.brokers.clone();
         log(format!("consume: pre-loading {} events into {t}", s.consume_events));
         let (b, tt, n) = (brokers.clone(), t.to_owned(), s.consume_events);
-        let mix = Mix { price_share: 0.5, users: 10_000, hot_share: 0.5 };
-        let preload = tokio::task::spawn_blocking(move || kafka::preload(&b, &tt, n, Generator::new(mix, 1))).await??;
+        let preload = tokio::task::spawn_blocking(move || kafka::preload(&b, &tt, n, Generator::new(CONSUME_MIX, CONSUME_SEED))).await??;
         let mut out = Consume { events: n, compression: s.consume_compression.clone(), preload_events_per_sec: preload, ..Default::default() };
         let timeout = Duration::from_secs_f64((n as f64 / 5_000.0).max(90.0));
         let (b, tt) = (brokers.clone(), t.to_owned());
@@ -436,7 +442,7 @@ impl Suite {
     /// too busy to answer until more than half was consumed (the baseline's
     /// one thread, on a small M) is timed from its start instead (start-up
     /// included, said in `includes_startup`).
-    async fn measure_consume(&self, target: &Target, n: u64, timeout: Duration, started: Instant) -> anyhow::Result<ConsumeRun> {
+    pub(crate) async fn measure_consume(&self, target: &Target, n: u64, timeout: Duration, started: Instant) -> anyhow::Result<ConsumeRun> {
         let deadline = Instant::now() + timeout + Duration::from_secs(60);
         let mut first: Option<(Instant, u64, ProcSample)> = None;
         let at_start = target.sample()?;

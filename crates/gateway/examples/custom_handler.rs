@@ -62,6 +62,7 @@ async fn main() {
         match pipeline.process(&record).await {
             Outcome::Routed { deliveries } => println!("{} routed to {deliveries} route(s)", event.metadata.event_type),
             Outcome::Failed(f) => println!("{} refused ({}): {}", event.metadata.event_type, f.reason.as_str(), f.message),
+            Outcome::Skipped(reason) => println!("{} skipped ({})", event.metadata.event_type, reason.as_str()),
         }
     }
     let text = metrics.render();

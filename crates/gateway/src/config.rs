@@ -57,6 +57,7 @@ pub mod env {
     pub const RESUME_TIMEOUT_MS: &str = "RESUME_TIMEOUT_MS";
     pub const RESUME_MAX_SCAN_RECORDS: &str = "RESUME_MAX_SCAN_RECORDS";
     pub const KAFKA_PARTITIONER: &str = "KAFKA_PARTITIONER";
+    pub const SKIP_WITHOUT_LOCAL_AUDIENCE: &str = "SKIP_WITHOUT_LOCAL_AUDIENCE";
 }
 
 /// Defaults of the limits and timeouts at the edges (README: "Limits and
@@ -152,6 +153,9 @@ pub mod defaults {
     /// tokens a trading front-end issues (it refreshes them sooner), and short
     /// enough that the start-up read-back of the main topic stays small.
     pub const REVOCATION_WINDOW_SECS: u64 = 3600;
+    /// Default of `SKIP_WITHOUT_LOCAL_AUDIENCE`: on, so that N instances each
+    /// decode only their own users' private events (the writer decodes all).
+    pub const SKIP_WITHOUT_LOCAL_AUDIENCE: bool = true;
 }
 
 /// Where Kafka is.
@@ -270,6 +274,10 @@ pub struct ConsumerArgs {
     /// writer is enough and gives one DLQ record per failure).
     #[arg(long, env = env::DLQ_WRITER, default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub dlq_writer: bool,
+    /// On an instance that does not write dead letters, skip (without
+    /// decoding) private events whose owner has no connection here.
+    #[arg(long, env = env::SKIP_WITHOUT_LOCAL_AUDIENCE, default_value_t = defaults::SKIP_WITHOUT_LOCAL_AUDIENCE, value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub skip_without_local_audience: bool,
 }
 
 impl ConsumerArgs {

@@ -143,7 +143,14 @@ impl Gateway {
             handler_retry_backoff: pipeline_args.handler_retry_backoff(),
         };
         let registry = self.router.registry().clone();
-        let pipeline = Arc::new(Pipeline::new(self.router, hub.clone(), metrics.clone(), options, audit));
+        let pipeline = Pipeline::new(self.router, hub.clone(), metrics.clone(), options, audit);
+        // Only an instance that does not write dead letters may leave records undecoded.
+        let pipeline = Arc::new(match &source {
+            SourceConfig::Kafka { consumer, .. } if !consumer.dlq_writer && consumer.skip_without_local_audience => {
+                pipeline.skip_without_local_audience()
+            }
+            _ => pipeline,
+        });
 
         let mut tasks = JoinSet::new();
         let mut dead_letter_ring = None;
@@ -189,6 +196,7 @@ impl Gateway {
                 tracing::info!(
                     group = %settings.group_id, topics = ?settings.topics, brokers = %settings.brokers,
                     validation = pipeline_args.validation, dlq = consumer.dlq, dlq_writer = consumer.dlq_writer,
+                    skip_without_local_audience = !consumer.dlq_writer && consumer.skip_without_local_audience,
                     "consuming as consumer group {}", settings.group_id
                 );
                 tasks.spawn(kafka::run(settings, pipeline, dead_letters, status.clone(), instance.clone(), shutdown.clone()));

@@ -209,7 +209,8 @@ async fn two_instances_each_route_every_event_and_one_writes_dead_letters() {
     let b = Gateway::start(GatewayConfig {
         group: group.clone(),
         instance: "gw-b".into(),
-        extra_env: vec![("DLQ_WRITER", "false".into())],
+        // Skipping (tests/skip.rs) is off: this checks that b decodes and routes every record itself.
+        extra_env: vec![("DLQ_WRITER", "false".into()), ("SKIP_WITHOUT_LOCAL_AUDIENCE", "false".into())],
         ..GatewayConfig::new(&topics)
     });
     a.wait_healthy().await;

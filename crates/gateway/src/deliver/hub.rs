@@ -31,6 +31,7 @@
 //! under the same lock, so the replay and the live stream meet exactly. A
 //! replayed frame passes the same entitlement rule as a live one.
 
+use super::audience::LocalAudience;
 use super::auth::Identity;
 use super::entitlement;
 use super::revocation::Revocations;
@@ -132,6 +133,9 @@ struct State {
     resume_settings: ResumeSettings,
     /// Users whose sessions were revoked, within the revocation window.
     revocations: Revocations,
+    /// `users` and the admin connections, mirrored for the pipeline's
+    /// lock-free-of-the-hub skip check (`super::audience`).
+    audience: Arc<LocalAudience>,
 }
 
 /// A user's connections, and since when the user has had one.
@@ -223,6 +227,11 @@ impl Hub {
         self.inner.settings.max_connections
     }
 
+    /// Who could receive a private event here, for the pipeline's skip check.
+    pub fn local_audience(&self) -> Arc<LocalAudience> {
+        self.state().audience.clone()
+    }
+
     pub fn connection_count(&self) -> usize {
         self.state().conns.len()
     }
@@ -263,6 +272,9 @@ impl Hub {
             let mut st = self.state();
             let Some(conn) = st.conns.get(&id) else { return };
             let identity = conn.identity.clone();
+            if identity.as_ref().is_some_and(|i| i.admin) {
+                st.audience.operator(false);
+            }
             for ch in Channel::ALL {
                 remove_subscription(&mut st, id, ch, &self.inner.metrics);
             }
@@ -308,6 +320,10 @@ impl Hub {
                 return Err(refused);
             }
             let old = std::mem::replace(&mut conn.identity, identity.clone());
+            let (was_admin, is_admin) = (old.as_ref().is_some_and(|i| i.admin), identity.as_ref().is_some_and(|i| i.admin));
+            if was_admin != is_admin {
+                st.audience.operator(is_admin);
+            }
             let still_admin = identity.as_ref().is_some_and(|i| i.admin);
             let to_drop: Vec<Channel> = Channel::ALL
                 .into_iter()
@@ -334,6 +350,8 @@ impl Hub {
                     });
                     user.conns.insert(id);
                     if user.conns.len() == 1 {
+                        // Before any subscription of this connection: see `super::audience`.
+                        st.audience.join(&n.user_id);
                         presence.push(Presence::Connected { user_id: n.user_id.clone(), connection_id: id.to_string() });
                     }
                 }
@@ -652,6 +670,7 @@ fn remove_user_index(st: &mut State, user: &str, id: ConnId, reason: &str) -> Op
     }
     let online_since = u.online_since;
     st.users.remove(user);
+    st.audience.leave(user);
     Some(Presence::Disconnected {
         user_id: user.to_owned(),
         connection_id: id.to_string(),
@@ -994,6 +1013,16 @@ impl Hub {
         }
         let Some((live, covered)) = st.windows.boundary(&pos.topic, pos.partition, pos.offset) else {
             return ResumeStart::NotRecovered("unknown_partition");
+        };
+        // Skipped records (`super::audience`) were handled too: the boundary is
+        // at least the last one. The window never held this user's records
+        // skipped before they connected, so those come from Kafka; none is
+        // skipped after the join, which came before this subscription.
+        let skips = st.audience.skip_marks(&user, &pos.topic, pos.partition);
+        let live = live.max(skips.through.unwrap_or(live));
+        let (live, covered) = match skips.before_join {
+            Some(skipped) => (live.max(skipped), covered && pos.offset >= skipped),
+            None => (live, covered),
         };
         if pos.offset >= live {
             // Another instance got further: what lies between comes live, and the client has it.

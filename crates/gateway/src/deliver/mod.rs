@@ -3,6 +3,7 @@
 //! connection (`session`) over its WebSocket wire (`socket`, with
 //! permessage-deflate); who had their sessions revoked (`revocation`).
 
+pub mod audience;
 pub mod auth;
 pub mod dedup;
 pub mod entitlement;

@@ -20,6 +20,12 @@
 //! `(since, L]`. The session holds its live queue until the replay is
 //! written, so order holds.
 //!
+//! **Skipped records** (an instance that does not write dead letters skips,
+//! undecoded, what no local client may receive: `pipeline::skip`) count as
+//! processed for `L`, and the window never held them: a resume whose
+//! `since` is before the last record of its user's key that was skipped
+//! before the user connected reads Kafka instead (`super::audience`).
+//!
 //! **Where the replay comes from.** First a bounded in-memory window per
 //! partition of the private frames routed recently (the same `Arc`'d frames
 //! the live path built, so the window costs the frames' bytes plus a few

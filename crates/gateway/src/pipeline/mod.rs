@@ -14,6 +14,7 @@
 pub mod audit;
 pub mod dead_letter;
 pub mod router;
+pub mod skip;
 
 use crate::deliver::Hub;
 use crate::telemetry::events::{InternalEvent, RecordFailed};
@@ -113,6 +114,8 @@ pub enum Outcome {
     /// decide an event goes nowhere).
     Routed { deliveries: usize },
     Failed(Failure),
+    /// Not decoded: nobody on this instance could receive it (`skip`).
+    Skipped(skip::SkipReason),
 }
 
 /// What a source does with its position after [`Pipeline::dispose`].
@@ -153,6 +156,8 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     options: PipelineOptions,
     audit: Option<audit::AuditLog>,
+    /// Set on an instance that does not write dead letters (`skip`).
+    skip: Option<skip::Skip>,
 }
 
 impl Pipeline {
@@ -165,7 +170,14 @@ impl Pipeline {
     ) -> Self {
         let processed_built_in =
             EventType::BUILT_IN.iter().map(|t| metrics.events_processed.with_label_values(&[t.as_str()])).collect();
-        Pipeline { processed_built_in, router, hub, metrics, options, audit }
+        Pipeline { processed_built_in, router, hub, metrics, options, audit, skip: None }
+    }
+
+    /// Skips, before decoding, records nobody connected here could receive
+    /// (`skip`; only for an instance that does not write dead letters).
+    pub fn skip_without_local_audience(mut self) -> Self {
+        self.skip = Some(skip::Skip::new(self.hub.local_audience(), &self.router, self.metrics.clone()));
+        self
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -197,6 +209,11 @@ impl Pipeline {
     }
 
     pub async fn process(&self, record: &Record<'_>) -> Outcome {
+        if let Some(skip) = &self.skip
+            && skip.should_skip(record)
+        {
+            return Outcome::Skipped(skip::SkipReason::NoLocalAudience);
+        }
         // Timing every record would cost two clock reads per record: sample 1 in 64.
         let started = (record.offset % 64 == 0).then(Instant::now);
         self.metrics.events_consumed.with_label_values(&[record.topic]).inc();

@@ -83,6 +83,12 @@ impl Router {
         self.handlers.contains_key(t)
     }
 
+    /// Whether `t` is routed by the server's default rule (not a registered
+    /// handler), so that its audience follows from its classification alone.
+    pub fn uses_default_route(&self, t: &EventType) -> bool {
+        matches!(self.handlers.get(t), Some(Routing::Default(_)))
+    }
+
     /// The routes of an event, checked by [`check_entitlement`]; `None` when
     /// no handler is registered for its type.
     pub fn routes(&self, event: &Event) -> Option<Result<Vec<Route>, HandlerError>> {
