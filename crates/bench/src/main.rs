@@ -9,6 +9,7 @@
 //!   possible, for ad-hoc runs.
 #![forbid(unsafe_code)]
 
+mod chaos;
 mod chart;
 mod clients;
 mod events;
@@ -49,6 +50,8 @@ enum Cmd {
     /// Opens N WebSocket clients subscribed to channels, holds them, and
     /// reports the frames they received and their latency.
     Connect(ConnectArgs),
+    /// The reliability suite (RELIABILITY.md): scenarios under injected faults.
+    Chaos(Box<chaos::ChaosArgs>),
 }
 
 #[derive(Parser)]
@@ -164,6 +167,7 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Suite(a) => rt.block_on(run_suite(*a)),
         Cmd::Connect(a) => rt.block_on(connect(a)),
+        Cmd::Chaos(a) => rt.block_on(chaos::run(*a)),
         Cmd::Produce(a) => {
             let mix = events::Mix { price_share: a.price_share, users: a.users, hot_share: 0.0 };
             if a.rate <= 0.0 {
