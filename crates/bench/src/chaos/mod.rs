@@ -357,11 +357,11 @@ fn soak_chart(path: &std::path::Path, s: &[Sample]) -> anyhow::Result<()> {
 
 fn durations(short: bool) -> HashMap<&'static str, f64> {
     let full: [(&str, f64); 10] = [("broker-unreachable", 30.0), ("latency", 30.0), ("reset", 30.0), ("bandwidth", 20.0), ("sigkill", 180.0), ("poison", 30.0), ("dlq-deleted", 20.0), ("failover", 10.0), ("storm", 0.0), ("broker-restart", 0.0)];
-    // CI: a third of each fault (whole seconds), two kills, failover as long.
+    // CI: a third of each fault (whole seconds), one kill, failover as long.
     let scale: f64 = if short { 3.0 } else { 1.0 };
     full.into_iter()
         .map(|(k, v)| (k, match k {
-            "sigkill" if short => 41.0,
+            "sigkill" if short => 25.0, // one kill
             "failover" => v,
             _ => (v / scale).round(),
         }))
