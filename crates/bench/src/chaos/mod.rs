@@ -123,7 +123,6 @@ pub struct Sample {
     pub rss_mib: f64,
     pub fds: u64,
     pub threads: u64,
-    pub connections: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -244,14 +243,12 @@ fn fd_count(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0)
 }
 
-/// Samples the first live gateway every `every`: RSS, open fds, threads,
-/// open connections; and the peak RSS of all.
+/// Samples the first live gateway every `every`: RSS, open fds, threads
+/// (the gateway exposes no tokio task count); and the peak RSS of all.
 fn sampler(pids: Arc<Mutex<Vec<(usize, u32)>>>, every: Duration, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(Vec<Sample>, u64)> {
     tokio::spawn(async move {
         let t0 = Instant::now();
         let (mut samples, mut peak) = (Vec::new(), 0u64);
-        let http = reqwest::Client::new();
-        let _ = &http;
         while !stop.load(Ordering::Relaxed) {
             let live: Vec<(usize, u32)> = pids.lock().unwrap_or_else(|p| p.into_inner()).clone();
             for (_, pid) in &live {
@@ -266,7 +263,6 @@ fn sampler(pids: Arc<Mutex<Vec<(usize, u32)>>>, every: Duration, stop: Arc<Atomi
                         rss_mib: s.rss_bytes as f64 / 1048576.0,
                         fds: fd_count(*pid),
                         threads: procstat::status_kib(*pid, "Threads:").unwrap_or(0),
-                        connections: 0.0,
                     });
                 }
             tokio::time::sleep(every).await;
@@ -537,7 +533,7 @@ async fn scenario_on(a: &ChaosArgs, tp: &toxiproxy::Toxiproxy, name: &str, soak:
             match cluster.healthy(lag_ok).await {
                 Ok(()) => recover_secs = Some(fault_end.elapsed().as_secs_f64()),
                 Err(e) => {
-                    if why_not.is_empty() || fault_end.elapsed().as_secs() % 5 == 0 {
+                    if why_not.is_empty() || fault_end.elapsed().as_secs().is_multiple_of(5) {
                         log(format!("{name}: not recovered yet: {}", e.chars().take(300).collect::<String>()));
                     }
                     why_not = e;
