@@ -245,9 +245,8 @@ fn fd_count(pid: u32) -> u64 {
 
 /// Samples the first live gateway every `every`: RSS, open fds, threads
 /// (the gateway exposes no tokio task count); and the peak RSS of all.
-fn sampler(pids: Arc<Mutex<Vec<(usize, u32)>>>, every: Duration, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(Vec<Sample>, u64)> {
+fn sampler(pids: Arc<Mutex<Vec<(usize, u32)>>>, t0: Instant, every: Duration, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(Vec<Sample>, u64)> {
     tokio::spawn(async move {
-        let t0 = Instant::now();
         let (mut samples, mut peak) = (Vec::new(), 0u64);
         while !stop.load(Ordering::Relaxed) {
             let live: Vec<(usize, u32)> = pids.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -395,7 +394,8 @@ async fn scenario_on(a: &ChaosArgs, tp: &toxiproxy::Toxiproxy, name: &str, soak:
         cluster.wait_ready(k).await?;
     }
     let sample_stop = Arc::new(AtomicBool::new(false));
-    let sampler = sampler(cluster.pids.clone(), Duration::from_millis(if soak { 5000 } else { 500 }), sample_stop.clone());
+    let t0 = Instant::now();
+    let sampler = sampler(cluster.pids.clone(), t0, Duration::from_millis(if soak { 5000 } else { 500 }), sample_stop.clone());
     let users = a.users.min(a.clients).max(1);
     let fleet = Fleet::start(a.clients, users, cluster.urls(), token);
     wait_for("all clients subscribed", Duration::from_secs(120), || fleet.ready() == a.clients).await?;
@@ -435,6 +435,7 @@ async fn scenario_on(a: &ChaosArgs, tp: &toxiproxy::Toxiproxy, name: &str, soak:
     let fault_desc: String;
     let pause = |s: f64| tokio::time::sleep(Duration::from_secs_f64(s));
     log(format!("{name}: fault for {fault_secs} s"));
+    let fault_start = t0.elapsed().as_secs_f64();
     match name {
         "broker-unreachable" => {
             fault_desc = format!("proxy disabled {fault_secs:.0} s (connections closed, new ones refused)");
@@ -652,9 +653,11 @@ async fn scenario_on(a: &ChaosArgs, tp: &toxiproxy::Toxiproxy, name: &str, soak:
         failures.push(format!("health and lag not back within 120 s: {why_not}"));
     }
     if soak && samples.len() >= 4 {
-        let from = fault_secs / 6.0;
-        let near = |t: f64| samples.iter().min_by(|x, y| (x.t - t).abs().total_cmp(&(y.t - t).abs())).copied().unwrap_or_default();
-        let (s0, s1) = (near(from + lead), near(fault_secs + lead));
+        // Minute 5 to minute 30 of a 30-minute soak: from a sixth of the way
+        // to the last sample before the churn stopped.
+        let soak_end = fault_start + fault_secs;
+        let during: Vec<Sample> = samples.iter().copied().filter(|x| x.t >= fault_start + fault_secs / 6.0 && x.t <= soak_end).collect();
+        let (s0, s1) = (during.first().copied().unwrap_or_default(), during.last().copied().unwrap_or_default());
         row.growth = Some(Growth {
             from_secs: s0.t,
             to_secs: s1.t,
