@@ -190,3 +190,36 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_events_are_valid_and_owned_where_the_gateway_routes_them_and_poison_is_not() {
+        let registry = moonx_events::TypeRegistry::new();
+        let opts = moonx_events::decode::DecodeOptions::new(&registry);
+        let mut maker = Maker::new();
+        for t in 0..5 {
+            let (key, payload, id, owner) = maker.make(t, 7);
+            let e = moonx_events::decode_event(&payload, &opts).expect("valid");
+            assert_eq!(e.metadata.event_id.as_u128(), id);
+            assert_eq!(e.metadata.partition, key);
+            let ty = e.metadata.event_type.to_string();
+            let expected = match ty.split('.').next() {
+                Some("price") => Owner::Prices,
+                Some("order") => Owner::User(7, "orders"),
+                Some("trade") => Owner::User(7, "trades"),
+                _ => Owner::User(7, "portfolio"),
+            };
+            assert_eq!(owner, expected, "{ty}");
+        }
+        for (n, kind) in POISON_KINDS.iter().enumerate() {
+            let (_, payload) = poison(kind, n as u64);
+            assert!(moonx_events::decode_event(&payload, &opts).is_err(), "{kind} decoded");
+            if *kind == "large" {
+                assert_eq!(payload.len(), LARGE_POISON_BYTES);
+            }
+        }
+    }
+}
