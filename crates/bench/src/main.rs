@@ -7,6 +7,8 @@
 //!   charts.
 //! * `moonx-bench produce` produces events at a fixed rate, or as fast as
 //!   possible, for ad-hoc runs.
+//! * `moonx-bench chaos` runs the reliability suite (RELIABILITY.md,
+//!   `scripts/chaos`).
 #![forbid(unsafe_code)]
 
 mod chaos;
