@@ -7,8 +7,11 @@
 //!   charts.
 //! * `moonx-bench produce` produces events at a fixed rate, or as fast as
 //!   possible, for ad-hoc runs.
+//! * `moonx-bench chaos` runs the reliability suite (RELIABILITY.md,
+//!   `scripts/chaos`).
 #![forbid(unsafe_code)]
 
+mod chaos;
 mod chart;
 mod clients;
 mod events;
@@ -50,6 +53,8 @@ enum Cmd {
     /// Opens N WebSocket clients subscribed to channels, holds them, and
     /// reports the frames they received and their latency.
     Connect(ConnectArgs),
+    /// The reliability suite (RELIABILITY.md): scenarios under injected faults.
+    Chaos(Box<chaos::ChaosArgs>),
 }
 
 #[derive(Parser)]
@@ -167,6 +172,7 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Suite(a) => rt.block_on(run_suite(*a)),
         Cmd::Connect(a) => rt.block_on(connect(a)),
+        Cmd::Chaos(a) => rt.block_on(chaos::run(*a)),
         Cmd::Produce(a) => {
             let mix = events::Mix { price_share: a.price_share, users: a.users, hot_share: 0.0 };
             if a.rate <= 0.0 {
