@@ -740,3 +740,55 @@ impl<'de> DeserializeSeed<'de> for EnvelopeSeed {
         d.deserialize_map(EnvelopeVisitor)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{decode_fast, DecodeOptions};
+    use crate::TypeRegistry;
+
+    const PRICE: &str = r#"{"metadata":{"eventId":"0193a4b2-7c1e-7d3f-9a42-5f8e2c6b1d07","eventType":"price.updated","eventVersion":"1.0","correlationId":"c-1","timestamp":1767225600000,"source":"price-service","dataClassification":"public","partition":"prices"},"data":{"token":"ETH","chainId":1,"price":"3021.45","priceUsd":"3021.45","change24h":"-1.28","volume24h":"1284537.5"}}"#;
+
+    fn options(registry: &TypeRegistry) -> DecodeOptions<'_> {
+        DecodeOptions { now_ms: Some(1_767_225_600_000), ..DecodeOptions::new(registry) }
+    }
+
+    fn is_borrowed(t: &Text<'_>) -> bool {
+        matches!(t.0, Cow::Borrowed(_))
+    }
+
+    #[test]
+    fn the_fast_path_borrows_every_string_from_the_record() {
+        let registry = TypeRegistry::new();
+        let event = decode_fast(PRICE.as_bytes(), &options(&registry)).expect("a valid price takes the fast path");
+        let m = &event.metadata;
+        assert!([&m.event_version, &m.correlation_id, &m.source, &m.partition].into_iter().all(is_borrowed));
+        let DataRef::PriceUpdated(p) = &event.data else { panic!("a price: {:?}", event.data) };
+        assert!(is_borrowed(&p.token));
+        assert!(matches!(p.price.0, Cow::Borrowed("3021.45")));
+    }
+
+    #[test]
+    fn data_before_metadata_and_escaped_strings_still_take_the_fast_path() {
+        let registry = TypeRegistry::new();
+        let expected = decode_fast(PRICE.as_bytes(), &options(&registry)).unwrap().into_owned();
+        let doc: serde_json::Value = serde_json::from_str(PRICE).unwrap();
+        let data_first = format!(r#"{{"data":{},"metadata":{}}}"#, doc["data"], doc["metadata"]);
+        let event = decode_fast(data_first.as_bytes(), &options(&registry)).expect("data first");
+        assert_eq!(event.into_owned(), expected);
+        let escaped = PRICE.replace(r#""token":"ETH""#, r#""token":"E\u0054H""#);
+        let event = decode_fast(escaped.as_bytes(), &options(&registry)).expect("an escape");
+        let DataRef::PriceUpdated(p) = &event.data else { panic!("a price") };
+        assert!(!is_borrowed(&p.token), "an escaped string is unescaped into an owned one");
+        assert_eq!(event.into_owned(), expected);
+    }
+
+    #[test]
+    fn owned_and_borrowed_convert_without_loss() {
+        let registry = TypeRegistry::new();
+        let owned = decode_fast(PRICE.as_bytes(), &options(&registry)).unwrap().into_owned();
+        let borrowed = EventRef::from(&owned);
+        assert_eq!(borrowed.to_json_bytes(), owned.to_json_bytes(), "the two serialize alike");
+        assert_eq!(borrowed.into_owned(), owned);
+    }
+}

@@ -24,7 +24,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use moonx_events::decode::{decode_event, DecodeOptions};
-use moonx_events::TypeRegistry;
+use moonx_events::{EventRef, TypeRegistry};
 use moonx_ws::deliver::{Channel, Hub, HubSettings};
 use moonx_ws::pipeline::router::{Route, Router};
 use moonx_ws::pipeline::{Outcome, Pipeline, PipelineOptions};
@@ -121,6 +121,7 @@ fn bench_fanout(c: &mut Criterion) {
     let bytes = sample_envelope(now_ms());
     let registry = TypeRegistry::new();
     let event = decode_event(&bytes, &DecodeOptions::new(&registry)).expect("decodes");
+    let event = EventRef::from(&event);
     let metrics = Arc::new(Metrics::new());
     let queue_capacity = 1024;
     let hub = Hub::new(HubSettings { queue_capacity, max_connections: SUBSCRIBERS + 1, ..HubSettings::default() }, metrics.clone());
@@ -175,6 +176,7 @@ fn bench_price_filters(c: &mut Criterion) {
     let bytes = sample_envelope(now_ms());
     let registry = TypeRegistry::new();
     let event = decode_event(&bytes, &DecodeOptions::new(&registry)).expect("decodes");
+    let event = EventRef::from(&event);
     let route = || Route { channel: Channel::Prices, audience: moonx_ws::deliver::Audience::Everyone };
     let wide: Vec<String> = (0..64).map(|i| format!("never{i}")).collect();
     let mut g = c.benchmark_group("price_filters");
