@@ -7,8 +7,9 @@
 //!   baseline's `--bench-hotpath` measures (`bench/baseline-node/server.js`),
 //!   on the same bytes.
 //! * `pipeline_no_validation`: the same with `EVENT_VALIDATION_ENABLED=false`.
-//! * `decode`: `moonx_events::decode::decode_event` alone, with and without
-//!   validation (no routing, no metrics).
+//! * `decode`: `moonx_events::decode::decode_event_ref` (the pipeline's
+//!   borrowed decode) alone, with and without validation (no routing, no
+//!   metrics).
 //! * `fanout`: `Hub::publish` of one event to 1,000 subscribed connections:
 //!   the cost of one publish, reported per delivered frame (the queues are
 //!   drained outside the timed section).
@@ -23,7 +24,7 @@
 //! pass). `bench/run` reads the estimates from `target/criterion/`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use moonx_events::decode::{decode_event, DecodeOptions};
+use moonx_events::decode::{decode_event, decode_event_ref, DecodeOptions};
 use moonx_events::{EventRef, TypeRegistry};
 use moonx_ws::deliver::{Channel, Hub, HubSettings};
 use moonx_ws::pipeline::router::{Route, Router};
@@ -109,8 +110,8 @@ fn bench_decode(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     for (name, validate) in [("validate", true), ("no_validation", false)] {
         let options = DecodeOptions { validate, ..DecodeOptions::new(&registry).topic(moonx_events::MAIN_TOPIC) };
-        decode_event(&bytes, &options).expect("the sample envelope decodes");
-        g.bench_function(name, |b| b.iter(|| decode_event(black_box(&bytes), black_box(&options))));
+        decode_event_ref(&bytes, &options).expect("the sample envelope decodes");
+        g.bench_function(name, |b| b.iter(|| decode_event_ref(black_box(&bytes), black_box(&options))));
     }
     g.finish();
 }
