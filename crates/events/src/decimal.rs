@@ -18,6 +18,12 @@ impl Decimal {
         &self.0
     }
 
+    /// A string already checked by [`is_decimal`] (the borrowed model's).
+    pub(crate) fn from_checked(s: String) -> Decimal {
+        debug_assert!(is_decimal(&s));
+        Decimal(s)
+    }
+
     pub fn is_negative(&self) -> bool {
         self.0.starts_with('-') && self.0.bytes().any(|b| (b'1'..=b'9').contains(&b))
     }

@@ -2,7 +2,8 @@
 //! never a panic (see the property test in `tests/decode_never_panics.rs`).
 
 use crate::validate::{ErrorCode, ValidationError, Validator};
-use crate::{legacy, Event, EventData, EventMetadata, TypeRegistry, ValidationErrors};
+use crate::borrowed::{DataSeed, EventRef, MetadataRef};
+use crate::{legacy, Event, TypeRegistry, ValidationErrors};
 use serde_json::Value;
 
 /// Why a record could not become an event. Each variant has a stable code
@@ -68,15 +69,25 @@ impl<'a> DecodeOptions<'a> {
     }
 }
 
-/// Decodes, migrates (legacy messages) and validates one record.
-///
-/// Two paths, one verdict. The fast path decodes straight into the typed
-/// model (no `Value` tree) and accepts only what [`Validator::accepts_typed`]
-/// passes; anything else (errors, legacy messages, `null`s, duplicate keys)
-/// takes the slow path, whose walker gives the verdict and every error. The
-/// fast path never accepts what the walker would refuse (tested in
-/// `tests/fast_path_agrees.rs`).
+/// Decodes, migrates (legacy messages) and validates one record, into the
+/// owned model: [`decode_event_ref`], then [`EventRef::into_owned`]. For
+/// callers that keep the event (tools, tests, fuzzing: "bytes → event or
+/// error"); the gateway's hot path uses [`decode_event_ref`].
 pub fn decode_event(bytes: &[u8], opts: &DecodeOptions<'_>) -> Result<Event, DecodeError> {
+    decode_event_ref(bytes, opts).map(EventRef::into_owned)
+}
+
+/// Decodes, migrates (legacy messages) and validates one record, into an
+/// event that borrows from `bytes`.
+///
+/// Two paths, one verdict. The fast path decodes in one pass straight into
+/// the borrowed typed model (no `Value` tree, no `String` per field, `data`
+/// parsed once) and accepts only what [`Validator::accepts_typed`] passes;
+/// anything else (errors, legacy messages, `null`s, duplicate keys) takes
+/// the slow path, whose walker gives the verdict and every error. The fast
+/// path never accepts what the walker would refuse (tested in
+/// `tests/fast_path_agrees.rs`).
+pub fn decode_event_ref<'a>(bytes: &'a [u8], opts: &DecodeOptions<'_>) -> Result<EventRef<'a>, DecodeError> {
     if let Some(event) = decode_fast(bytes, opts) {
         return Ok(event);
     }
@@ -84,14 +95,8 @@ pub fn decode_event(bytes: &[u8], opts: &DecodeOptions<'_>) -> Result<Event, Dec
 }
 
 /// The typed single-pass decode; `None` sends the record down the slow path.
-pub fn decode_fast(bytes: &[u8], opts: &DecodeOptions<'_>) -> Option<Event> {
-    use serde_json::value::RawValue;
-    #[derive(serde::Deserialize)]
-    struct Raw<'a> {
-        metadata: crate::envelope::MapOnly<EventMetadata>,
-        #[serde(borrow)]
-        data: &'a RawValue,
-    }
+pub fn decode_fast<'a>(bytes: &'a [u8], opts: &DecodeOptions<'_>) -> Option<EventRef<'a>> {
+    use serde::de::DeserializeSeed;
     // Legacy records are migrated on the slow path. `null` anywhere (even in
     // a string, harmlessly) also goes there: the model refuses explicit nulls
     // where typed `Option`s would quietly accept them.
@@ -99,19 +104,14 @@ pub fn decode_fast(bytes: &[u8], opts: &DecodeOptions<'_>) -> Option<Event> {
         return None;
     }
     // serde accepts a JSON array for a struct; the contract wants objects.
-    let is_object = |raw: &RawValue| raw.get().starts_with('{');
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return None;
     }
     // One UTF-8 check of the whole record, instead of one per string.
     let text = std::str::from_utf8(bytes).ok()?;
-    let raw: Raw<'_> = serde_json::from_str(text).ok()?;
-    if !is_object(raw.data) {
-        return None;
-    }
-    let metadata = raw.metadata.0;
-    let data = EventData::from_json_str(&metadata.event_type, raw.data.get()).ok()?;
-    let event = Event { metadata, data };
+    let mut de = serde_json::Deserializer::from_str(text);
+    let event = crate::borrowed::EnvelopeSeed.deserialize(&mut de).ok()?;
+    de.end().ok()?;
     let accepted = !opts.validate || Validator { registry: opts.registry, now_ms: opts.now_ms }.accepts_typed(&event);
     accepted.then_some(event)
 }
@@ -123,7 +123,7 @@ fn contains_null(haystack: &[u8]) -> bool {
 }
 
 /// The `Value`-based decode: migration, the full walker, every error.
-pub fn decode_slow(bytes: &[u8], opts: &DecodeOptions<'_>) -> Result<Event, DecodeError> {
+pub fn decode_slow(bytes: &[u8], opts: &DecodeOptions<'_>) -> Result<EventRef<'static>, DecodeError> {
     let doc: Value = serde_json::from_slice(bytes).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
     let doc = if is_legacy_shaped(&doc, opts.topic) {
         legacy::migrate(&doc, opts.topic, opts.registry)?
@@ -146,17 +146,21 @@ fn is_legacy_shaped(doc: &Value, topic: Option<&str>) -> bool {
         && (obj.contains_key("type") || topic.is_some_and(legacy::is_legacy_topic))
 }
 
-/// Turns a document (validated, or trusted) into the typed model.
-pub(crate) fn typed_from_valid(doc: Value) -> Result<Event, ValidationError> {
+/// Turns a document (validated, or trusted) into the typed model (owning
+/// its strings: they are moved out of the document, not copied).
+pub(crate) fn typed_from_valid(doc: Value) -> Result<EventRef<'static>, ValidationError> {
+    use serde::de::DeserializeSeed;
+    use serde::Deserialize;
     let Value::Object(mut root) = doc else {
         return Err(type_error("", "an event must be a JSON object".into()));
     };
     let meta = root.remove("metadata").unwrap_or(Value::Null);
-    let metadata: EventMetadata =
-        serde_json::from_value(meta).map_err(|e| type_error("/metadata", e.to_string()))?;
+    let metadata = MetadataRef::deserialize(meta).map_err(|e| type_error("/metadata", e.to_string()))?;
     let data = root.remove("data").unwrap_or(Value::Null);
-    let data = EventData::from_value(&metadata.event_type, data).map_err(|e| type_error("/data", e.to_string()))?;
-    Ok(Event { metadata, data })
+    let data = DataSeed { event_type: &metadata.event_type, objects_only: false }
+        .deserialize(data)
+        .map_err(|e| type_error("/data", e.to_string()))?;
+    Ok(EventRef { metadata, data })
 }
 
 fn type_error(path: &str, message: String) -> ValidationError {

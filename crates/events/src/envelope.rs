@@ -57,7 +57,7 @@ impl<T: Serialize> EventEnvelope<T> {
     }
 }
 
-fn canonical_uuid<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Uuid, D::Error> {
+pub(crate) fn canonical_uuid<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Uuid, D::Error> {
     crate::str_visitor::from_str_with(d, "a hyphenated UUID", |s| {
         if !crate::validate::is_canonical_uuid(s) {
             return Err("eventId must be a hyphenated UUID".to_owned());

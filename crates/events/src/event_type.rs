@@ -65,10 +65,23 @@ impl EventType {
 
     /// Maps a name to a built-in type, or to `Custom` for any other name.
     pub fn parse(name: &str) -> EventType {
-        Self::BUILT_IN
-            .into_iter()
-            .find(|t| t.as_str() == name)
-            .unwrap_or_else(|| EventType::Custom(name.to_owned()))
+        // A match, not a search of `BUILT_IN` by value: the decode hot path
+        // parses every event's type, and iterating the array moves it.
+        match name {
+            "price.updated" => EventType::PriceUpdated,
+            "order.created" => EventType::OrderCreated,
+            "order.updated" => EventType::OrderUpdated,
+            "order.cancelled" => EventType::OrderCancelled,
+            "portfolio.updated" => EventType::PortfolioUpdated,
+            "trade.executed" => EventType::TradeExecuted,
+            "trade.failed" => EventType::TradeFailed,
+            "user.connected" => EventType::UserConnected,
+            "user.disconnected" => EventType::UserDisconnected,
+            "session.revoked" => EventType::SessionRevoked,
+            "system.health_check" => EventType::SystemHealthCheck,
+            "system.error" => EventType::SystemError,
+            _ => EventType::Custom(name.to_owned()),
+        }
     }
 
     pub fn is_built_in(&self) -> bool {

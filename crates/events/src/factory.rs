@@ -103,7 +103,7 @@ impl EventFactory {
         };
         let doc = serde_json::json!({ "metadata": metadata, "data": data });
         Validator::new(&self.registry).validate(&doc)?;
-        crate::decode::typed_from_valid(doc).map_err(|e| ValidationErrors(vec![e]))
+        crate::decode::typed_from_valid(doc).map(crate::EventRef::into_owned).map_err(|e| ValidationErrors(vec![e]))
     }
 }
 

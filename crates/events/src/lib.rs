@@ -10,10 +10,13 @@
 //! * [`EventFactory`]: builds valid events (ids, timestamps, defaults, partition key).
 //! * [`validate`]: checks an event and reports *every* error, each with a JSON path.
 //! * [`decode`]: bytes → event; never panics, whatever the bytes.
+//! * [`borrowed`]: [`EventRef`], the event borrowed from the record's bytes
+//!   (what the gateway's hot path decodes into).
 //! * [`partition`]: the partition-key strategy that keeps per-user order.
 //! * [`legacy`]: migration of pre-envelope messages from the legacy topics.
 #![forbid(unsafe_code)]
 
+pub mod borrowed;
 pub mod classification;
 pub mod decimal;
 pub mod decode;
@@ -29,7 +32,8 @@ pub mod validate;
 
 pub use classification::DataClassification;
 pub use decimal::Decimal;
-pub use decode::{decode_event, DecodeError};
+pub use borrowed::{DataRef, EventRef, MetadataRef};
+pub use decode::{decode_event, decode_event_ref, DecodeError};
 pub use envelope::{Event, EventEnvelope, EventMetadata};
 pub use event_type::EventType;
 pub use factory::{EventFactory, EventOptions};

@@ -288,14 +288,6 @@ macro_rules! payloads {
                 })
             }
 
-            /// Decodes `data` from its JSON text (the fast path: no `Value` tree).
-            pub fn from_json_str(event_type: &EventType, json: &str) -> serde_json::Result<EventData> {
-                Ok(match event_type {
-                    $(EventType::$variant => EventData::$variant(serde_json::from_str(json)?),)*
-                    EventType::Custom(_) => EventData::Custom(serde_json::from_str(json)?),
-                })
-            }
-
             /// The user named inside the payload, for the types that carry one.
             pub fn owner(&self) -> Option<&str> {
                 match self {
@@ -322,63 +314,4 @@ payloads! {
     SessionRevoked => user,
     SystemHealthCheck => none,
     SystemError => none,
-}
-
-/// Field checks the types cannot express, mirroring the `Text` (non-empty)
-/// and `Amount` (no sign) kinds of `validate`'s field tables.
-mod field_checks {
-    use super::*;
-
-    fn t(s: &str) -> bool {
-        !s.is_empty()
-    }
-    fn ot(s: &Option<String>) -> bool {
-        s.as_deref().is_none_or(t)
-    }
-    fn a(d: &Decimal) -> bool {
-        !d.as_str().starts_with('-')
-    }
-    fn oa(d: &Option<Decimal>) -> bool {
-        d.as_ref().is_none_or(a)
-    }
-
-    impl EventData {
-        /// `true` when every text field is non-empty and every amount unsigned.
-        pub(crate) fn accepts_fields(&self) -> bool {
-            match self {
-                EventData::PriceUpdated(p) => t(&p.token) && a(&p.price) && a(&p.price_usd) && a(&p.volume24h),
-                EventData::OrderCreated(o) => {
-                    t(&o.order_id) && t(&o.user_id) && t(&o.token_in) && t(&o.token_out)
-                        && a(&o.amount_in) && a(&o.amount_out_expected) && oa(&o.limit_price)
-                }
-                EventData::OrderUpdated(o) => {
-                    t(&o.order_id) && t(&o.user_id) && oa(&o.filled_amount) && oa(&o.amount_out) && ot(&o.tx_hash)
-                }
-                EventData::OrderCancelled(o) => t(&o.order_id) && t(&o.user_id) && ot(&o.reason) && ot(&o.cancelled_by),
-                EventData::PortfolioUpdated(p) => {
-                    t(&p.user_id)
-                        && a(&p.total_value_usd)
-                        && p.holdings.iter().all(|h| t(&h.token) && a(&h.balance) && a(&h.value_usd))
-                }
-                EventData::TradeExecuted(x) => {
-                    t(&x.trade_id) && t(&x.order_id) && t(&x.user_id) && t(&x.token_in) && t(&x.token_out)
-                        && t(&x.tx_hash) && a(&x.amount_in) && a(&x.amount_out) && a(&x.price) && oa(&x.fee)
-                }
-                EventData::TradeFailed(x) => {
-                    t(&x.order_id) && t(&x.user_id) && t(&x.token_in) && t(&x.token_out) && t(&x.reason)
-                        && a(&x.amount_in) && ot(&x.trade_id) && ot(&x.error_code) && ot(&x.tx_hash)
-                }
-                EventData::UserConnected(u) => t(&u.user_id) && t(&u.connection_id) && t(&u.instance_id),
-                EventData::UserDisconnected(u) => {
-                    t(&u.user_id) && t(&u.connection_id) && t(&u.instance_id) && ot(&u.reason)
-                }
-                EventData::SessionRevoked(r) => {
-                    t(&r.user_id) && ot(&r.reason) && ot(&r.revoked_by) && ot(&r.instance_id)
-                }
-                EventData::SystemHealthCheck(h) => t(&h.service),
-                EventData::SystemError(e) => t(&e.service) && t(&e.error_code) && t(&e.message),
-                EventData::Custom(_) => true,
-            }
-        }
-    }
 }

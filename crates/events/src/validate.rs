@@ -235,10 +235,10 @@ impl Validator<'_> {
     /// what typing already guarantees (types, enums, decimal grammar,
     /// canonical UUID) is not checked again. Callers must fall back to
     /// [`Self::validate`] when this says `false`, for the verdict and errors.
-    pub fn accepts_typed(&self, event: &crate::Event) -> bool {
+    pub fn accepts_typed(&self, event: &crate::EventRef<'_>) -> bool {
         let m = &event.metadata;
         let text = |s: &str| !s.is_empty();
-        let opt_text = |s: &Option<String>| s.as_deref().is_none_or(text);
+        let opt_text = |s: &Option<crate::borrowed::Text<'_>>| s.as_deref().is_none_or(text);
         let default = self.registry.default_classification(&m.event_type);
         if default.is_none()
             || !text(m.event_type.as_str())

@@ -7,8 +7,9 @@
 //!   baseline's `--bench-hotpath` measures (`bench/baseline-node/server.js`),
 //!   on the same bytes.
 //! * `pipeline_no_validation`: the same with `EVENT_VALIDATION_ENABLED=false`.
-//! * `decode`: `moonx_events::decode::decode_event` alone, with and without
-//!   validation (no routing, no metrics).
+//! * `decode`: `moonx_events::decode::decode_event_ref` (the pipeline's
+//!   borrowed decode) alone, with and without validation (no routing, no
+//!   metrics).
 //! * `fanout`: `Hub::publish` of one event to 1,000 subscribed connections:
 //!   the cost of one publish, reported per delivered frame (the queues are
 //!   drained outside the timed section).
@@ -27,8 +28,8 @@
 //! pass). `bench/run` reads the estimates from `target/criterion/`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use moonx_events::decode::{decode_event, DecodeOptions};
-use moonx_events::TypeRegistry;
+use moonx_events::decode::{decode_event, decode_event_ref, DecodeOptions};
+use moonx_events::{EventRef, TypeRegistry};
 use moonx_ws::deliver::{Channel, Hub, HubSettings};
 use moonx_ws::pipeline::router::{Route, Router};
 use moonx_ws::pipeline::{Outcome, Pipeline, PipelineOptions};
@@ -113,8 +114,8 @@ fn bench_decode(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     for (name, validate) in [("validate", true), ("no_validation", false)] {
         let options = DecodeOptions { validate, ..DecodeOptions::new(&registry).topic(moonx_events::MAIN_TOPIC) };
-        decode_event(&bytes, &options).expect("the sample envelope decodes");
-        g.bench_function(name, |b| b.iter(|| decode_event(black_box(&bytes), black_box(&options))));
+        decode_event_ref(&bytes, &options).expect("the sample envelope decodes");
+        g.bench_function(name, |b| b.iter(|| decode_event_ref(black_box(&bytes), black_box(&options))));
     }
     g.finish();
 }
@@ -125,6 +126,7 @@ fn bench_fanout(c: &mut Criterion) {
     let bytes = sample_envelope(now_ms());
     let registry = TypeRegistry::new();
     let event = decode_event(&bytes, &DecodeOptions::new(&registry)).expect("decodes");
+    let event = EventRef::from(&event);
     let metrics = Arc::new(Metrics::new());
     let queue_capacity = 1024;
     let hub = Hub::new(HubSettings { queue_capacity, max_connections: SUBSCRIBERS + 1, ..HubSettings::default() }, metrics.clone());
@@ -179,6 +181,7 @@ fn bench_price_filters(c: &mut Criterion) {
     let bytes = sample_envelope(now_ms());
     let registry = TypeRegistry::new();
     let event = decode_event(&bytes, &DecodeOptions::new(&registry)).expect("decodes");
+    let event = EventRef::from(&event);
     let route = || Route { channel: Channel::Prices, audience: moonx_ws::deliver::Audience::Everyone };
     let wide: Vec<String> = (0..64).map(|i| format!("never{i}")).collect();
     let mut g = c.benchmark_group("price_filters");

@@ -42,7 +42,7 @@ use crate::telemetry::events::{InternalEvent, SlowConsumerCut};
 use crate::telemetry::Metrics;
 use super::frame::utf8;
 use super::prices::LatestPrices;
-use moonx_events::{Event, EventData};
+use moonx_events::{DataRef, EventRef};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -484,14 +484,14 @@ impl Hub {
 
     /// Delivers one routed event to every entitled subscriber.
     /// `original` is the record's bytes when they are the envelope as-is.
-    pub fn publish(&self, route: Route, event: &Event, original: Option<&[u8]>) {
+    pub fn publish(&self, route: Route, event: &EventRef<'_>, original: Option<&[u8]>) {
         self.publish_at(route, event, original, None)
     }
 
     /// The frame of a routed event, exactly as live delivery builds it
     /// (resume replays build theirs here too). Private and system frames
     /// of a record with known coordinates carry `pos`.
-    pub fn frame_of(&self, channel: Channel, event: &Event, original: Option<&[u8]>, at: Option<&At<'_>>) -> Outbound {
+    pub fn frame_of(&self, channel: Channel, event: &EventRef<'_>, original: Option<&[u8]>, at: Option<&At<'_>>) -> Outbound {
         let owned;
         let envelope = match original {
             Some(bytes) => bytes,
@@ -515,10 +515,10 @@ impl Hub {
     /// [`Hub::publish`] of a record at known Kafka coordinates: the frame
     /// carries `pos`, and the record moves the partition's live boundary
     /// (and enters its resume window) under the lock that delivers it.
-    pub fn publish_at(&self, route: Route, event: &Event, original: Option<&[u8]>, at: Option<At<'_>>) {
+    pub fn publish_at(&self, route: Route, event: &EventRef<'_>, original: Option<&[u8]>, at: Option<At<'_>>) {
         let out = self.frame_of(route.channel, event, original, at.as_ref());
         let price_token = match &event.data {
-            EventData::PriceUpdated(p) => Some((p.token.as_str(), p.chain_id)),
+            DataRef::PriceUpdated(p) => Some((p.token.as_str(), p.chain_id)),
             _ => None,
         };
         let now_ms = entitlement::now_ms();
@@ -682,7 +682,7 @@ fn remove_user_index(st: &mut State, user: &str, id: ConnId, reason: &str) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
-    use moonx_events::{EventFactory, EventOptions, EventType};
+    use moonx_events::{Event, EventFactory, EventOptions, EventType};
     use serde_json::json;
     use std::sync::Mutex as StdMutex;
 
@@ -724,7 +724,7 @@ mod tests {
     }
 
     fn publish(hub: &Hub, channel: Channel, audience: Audience, e: &Event) -> u128 {
-        hub.publish(Route { channel, audience }, e, None);
+        hub.publish(Route { channel, audience }, &EventRef::from(e), None);
         e.metadata.event_id.as_u128()
     }
 
@@ -896,7 +896,7 @@ mod tests {
         let replayed = |user: &str| {
             let e = order(user);
             let route = Route { channel: Channel::Orders, audience: Audience::User(user.into()) };
-            let frame = hub.frame_of(Channel::Orders, &e, None, None);
+            let frame = hub.frame_of(Channel::Orders, &EventRef::from(&e), None, None);
             super::super::resume::Replayed { offset: 0, route, frame }
         };
         let admitted = hub.admitted(alice.id, Channel::Orders, vec![replayed("alice"), replayed("bob")]);

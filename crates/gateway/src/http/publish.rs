@@ -247,7 +247,7 @@ fn audience_check(app: &AppState, event: Event) -> Result<Event, Value> {
         return Err(json!([{"path": "/metadata/eventType", "code": "admin_only",
             "message": "session.revoked is published by POST /api/sessions/revoke, with an admin credential"}]));
     }
-    match crate::pipeline::router::check_audience(&event, &app.registry) {
+    match crate::pipeline::router::check_audience(&moonx_events::EventRef::from(&event), &app.registry) {
         Ok(()) => Ok(event),
         Err(e) => Err(json!([{"path": "/metadata/userId", "code": "no_audience", "message": e.to_string()}])),
     }

@@ -7,7 +7,7 @@
 
 use crate::deliver::Route;
 use super::Record;
-use moonx_events::Event;
+use moonx_events::EventRef;
 use std::io::Write;
 use std::sync::Mutex;
 
@@ -22,7 +22,7 @@ impl AuditLog {
         Ok(AuditLog { file: Mutex::new(file), instance })
     }
 
-    pub fn record(&self, record: &Record<'_>, event: &Event, route: &Route) {
+    pub fn record(&self, record: &Record<'_>, event: &EventRef<'_>, route: &Route) {
         let line = serde_json::json!({
             "instance": self.instance,
             "eventId": event.metadata.event_id,

@@ -10,7 +10,7 @@
 
 use crate::deliver::{Audience, Channel};
 use moonx_events::registry::RegistryError;
-use moonx_events::{CustomType, DataClassification, Event, EventType, TypeRegistry};
+use moonx_events::{CustomType, DataClassification, Event, EventRef, EventType, TypeRegistry};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -90,11 +90,12 @@ impl Router {
     }
 
     /// The routes of an event, checked by [`check_entitlement`]; `None` when
-    /// no handler is registered for its type.
-    pub fn routes(&self, event: &Event) -> Option<Result<Vec<Route>, HandlerError>> {
+    /// no handler is registered for its type. A registered handler gets the
+    /// event as an owned [`Event`] (made here, off the built-in hot path).
+    pub fn routes(&self, event: &EventRef<'_>) -> Option<Result<Vec<Route>, HandlerError>> {
         let routes = match self.handlers.get(&event.metadata.event_type)? {
             Routing::Default(channel) => default_route(*channel, event, &self.registry).map(|r| vec![r]),
-            Routing::Custom(handler) => handler(event),
+            Routing::Custom(handler) => handler(&event.clone().into_owned()),
         };
         Some(routes.and_then(|routes| check_entitlement(event, routes, &self.registry)))
     }
@@ -125,7 +126,7 @@ pub fn built_in_channel(t: &EventType) -> Option<Channel> {
 /// custom types: their registered default). It does not depend on the
 /// producer's honesty nor on `EVENT_VALIDATION_ENABLED`. A type with no
 /// known minimum counts as restricted.
-pub fn effective_classification(event: &Event, registry: &TypeRegistry) -> DataClassification {
+pub fn effective_classification(event: &EventRef<'_>, registry: &TypeRegistry) -> DataClassification {
     match registry.default_classification(&event.metadata.event_type) {
         Some(minimum) => event.metadata.data_classification.max(minimum),
         None => DataClassification::Restricted,
@@ -133,7 +134,7 @@ pub fn effective_classification(event: &Event, registry: &TypeRegistry) -> DataC
 }
 
 /// The owner named by `metadata.userId`, if any.
-fn owner(event: &Event) -> Option<&str> {
+fn owner<'e>(event: &'e EventRef<'_>) -> Option<&'e str> {
     event.metadata.user_id.as_deref().filter(|u| !u.is_empty())
 }
 
@@ -142,7 +143,7 @@ fn owner(event: &Event) -> Option<&str> {
 /// whatever the type's own channel; confidential/restricted → the owner on
 /// `channel` (on `system` that is the owner's admin connections, since only
 /// admins subscribe to it).
-pub fn default_route(channel: Channel, event: &Event, registry: &TypeRegistry) -> Result<Route, HandlerError> {
+pub fn default_route(channel: Channel, event: &EventRef<'_>, registry: &TypeRegistry) -> Result<Route, HandlerError> {
     Ok(match effective_classification(event, registry) {
         DataClassification::Public => Route { channel, audience: Audience::Everyone },
         DataClassification::Internal => Route { channel: Channel::System, audience: Audience::Operators },
@@ -160,7 +161,7 @@ fn no_owner(c: DataClassification) -> HandlerError {
 /// Whether anyone at all may see the event: `Err(NoAudience)` for a
 /// confidential or restricted event without an owner (reachable with
 /// validation off, or from a custom type).
-pub fn check_audience(event: &Event, registry: &TypeRegistry) -> Result<(), HandlerError> {
+pub fn check_audience(event: &EventRef<'_>, registry: &TypeRegistry) -> Result<(), HandlerError> {
     let class = effective_classification(event, registry);
     if class.requires_owner() && owner(event).is_none() {
         return Err(no_owner(class));
@@ -173,7 +174,7 @@ pub fn check_audience(event: &Event, registry: &TypeRegistry) -> Result<(), Hand
 /// Public: anyone. Internal: operators (or one user's connections on
 /// `system`, which only admins subscribe to). Confidential/restricted: the
 /// owner only, on any channel but as that user.
-pub fn check_entitlement(event: &Event, routes: Vec<Route>, registry: &TypeRegistry) -> Result<Vec<Route>, HandlerError> {
+pub fn check_entitlement(event: &EventRef<'_>, routes: Vec<Route>, registry: &TypeRegistry) -> Result<Vec<Route>, HandlerError> {
     check_audience(event, registry)?;
     let class = effective_classification(event, registry);
     for r in &routes {
@@ -225,7 +226,7 @@ mod tests {
     fn built_in_handlers_route_to_the_owner() {
         let r = Router::default();
         let e = order();
-        let routes = r.routes(&e).unwrap().unwrap();
+        let routes = r.routes(&EventRef::from(&e)).unwrap().unwrap();
         assert_eq!(routes, vec![Route { channel: Channel::Orders, audience: Audience::User("u1".into()) }]);
     }
 
@@ -234,10 +235,10 @@ mod tests {
         let r = Router::default();
         let mut e = order();
         e.metadata.data_classification = DataClassification::Public;
-        let routes = r.routes(&e).unwrap().unwrap();
+        let routes = r.routes(&EventRef::from(&e)).unwrap().unwrap();
         assert_eq!(routes, vec![Route { channel: Channel::Orders, audience: Audience::User("u1".into()) }]);
         e.metadata.user_id = None;
-        assert!(matches!(r.routes(&e), Some(Err(HandlerError::NoAudience(_)))));
+        assert!(matches!(r.routes(&EventRef::from(&e)), Some(Err(HandlerError::NoAudience(_)))));
     }
 
     #[test]
@@ -245,10 +246,10 @@ mod tests {
         let e = order();
         let leak = vec![Route { channel: Channel::Orders, audience: Audience::Everyone }];
         let registry = TypeRegistry::new();
-        assert!(check_entitlement(&e, leak, &registry).is_err());
+        assert!(check_entitlement(&EventRef::from(&e), leak, &registry).is_err());
         let other_user = vec![Route { channel: Channel::Orders, audience: Audience::User("u2".into()) }];
-        assert!(check_entitlement(&e, other_user, &registry).is_err());
+        assert!(check_entitlement(&EventRef::from(&e), other_user, &registry).is_err());
         let operators = vec![Route { channel: Channel::System, audience: Audience::Operators }];
-        assert!(check_entitlement(&e, operators, &registry).is_err(), "confidential: the owner only");
+        assert!(check_entitlement(&EventRef::from(&e), operators, &registry).is_err(), "confidential: the owner only");
     }
 }
