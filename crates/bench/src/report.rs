@@ -326,13 +326,26 @@ pub fn charts(dir: &Path, r: &Results) -> anyhow::Result<()> {
     }
     if let Some(c) = &r.consume {
         let mut bars = vec![("bare rdkafka consumer".to_string(), c.bare_consumer_events_per_sec, 2)];
-        bars.extend(c.runs.iter().map(|run| (run.target.name().to_string(), run.events_per_sec, if run.target == Kind::Moonx { 0 } else { 1 })));
+        bars.extend(c.runs.iter().map(|run| {
+            let colour = match run.target {
+                Kind::Moonx => 0,
+                Kind::Centrifugo => 6,
+                _ => 1,
+            };
+            (run.target.name().to_string(), run.events_per_sec, colour)
+        }));
         chart::bars(&dir.join("consume.png"), &format!("b. consume {} pre-loaded events, no clients", c.events), "events/s", &bars)?;
     }
     if !r.fanout.is_empty() {
         let mut series = Vec::new();
         for (i, f) in r.fanout.iter().enumerate() {
-            series.push((format!("{} delivered", f.target.name()), f.steps.iter().map(|s| (s.offered_frames_per_sec, s.delivered_frames_per_sec)).collect(), if f.target == Kind::Moonx { 0 } else { 1 }));
+            let colour = match f.target {
+                Kind::Moonx => 0,
+                Kind::Baseline => 1,
+                Kind::Centrifugo => 6,
+                Kind::Floor => 2,
+            };
+            series.push((format!("{} delivered", f.target.name()), f.steps.iter().map(|s| (s.offered_frames_per_sec, s.delivered_frames_per_sec)).collect(), colour));
             if i == 0 {
                 series.push(("offered".to_string(), f.steps.iter().map(|s| (s.offered_frames_per_sec, s.offered_frames_per_sec)).collect(), 5));
             }
@@ -354,8 +367,10 @@ pub fn charts(dir: &Path, r: &Results) -> anyhow::Result<()> {
             let c = match (scenario, d.target) {
                 ("d", Kind::Moonx) => 0,
                 ("d", Kind::Baseline) => 1,
+                ("d", _) => 6,
                 (_, Kind::Moonx) => 3,
                 (_, Kind::Baseline) => 5,
+                (_, _) => 7,
             };
             series.push((format!("{scenario} {}", d.target.name()), pts(&d.latency.latency_precise), c));
             if d.target == Kind::Moonx {

@@ -1,0 +1,132 @@
+//! The fan-out floor (issue 14 item 2): `moonx-bench fanout-floor`, a
+//! minimal WebSocket writer run as its own process, with moonx-ws's runtime
+//! (tokio, multi-threaded), socket settings (TCP_NODELAY, 2 KiB read and
+//! 8 KiB write buffers) and frames (`protocol::event_frame` around the load
+//! tool's price events), and no routing, entitlement or per-connection
+//! queue. Guarantee: every connection that subscribed gets each frame the
+//! writer builds, written straight to its socket, unless the writer is still
+//! busy with an older frame, in which case the older one is skipped (a
+//! `watch` holds only the latest): what it delivers is what this machine can
+//! write, which is the ceiling for moonx-ws's scenario c.
+//!
+//! Control: one line per command on stdin, `rate <events/s>` (0 stops);
+//! the process prints `listening <port>` once it accepts.
+
+use crate::events::{Generator, Mix};
+use futures_util::{SinkExt, StreamExt};
+use moonx_ws::deliver::protocol::event_frame;
+use moonx_ws::deliver::Channel;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Writer tasks: connections are dealt to them in turn, so the writes
+/// spread over the runtime's workers as moonx-ws's session tasks do.
+const WRITERS: usize = 16;
+
+/// A subscribe frame is a few dozen bytes; anything longer is not ours.
+const MAX_SUBSCRIBE_BYTES: usize = 4096;
+
+pub async fn serve(port: u16) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    let (frames_tx, frames_rx) = watch::channel::<Option<Utf8Bytes>>(None);
+    let mut writers = Vec::with_capacity(WRITERS);
+    for _ in 0..WRITERS {
+        let (tx, rx) = mpsc::unbounded_channel::<Ws>();
+        tokio::spawn(writer(rx, frames_rx.clone()));
+        writers.push(tx);
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let writers = Arc::new(writers);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let (writers, next) = (writers.clone(), next.clone());
+            tokio::spawn(async move {
+                if let Ok(Ok(ws)) = tokio::time::timeout(Duration::from_secs(30), accept(stream)).await {
+                    let _ = writers[next.fetch_add(1, Ordering::Relaxed) % WRITERS].send(ws);
+                }
+            });
+        }
+    });
+    println!("listening {port}");
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut ticker: Option<tokio::time::Interval> = None;
+    let mut generator = Generator::new(Mix::prices(), 1);
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line? {
+                None => return Ok(()),
+                Some(l) => {
+                    let rate: f64 = l.strip_prefix("rate ").and_then(|r| r.trim().parse().ok())
+                        .ok_or_else(|| anyhow::anyhow!("fanout-floor: unknown command {l:?} (expected `rate <events/s>`)"))?;
+                    ticker = (rate > 0.0).then(|| {
+                        let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+                        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                        t
+                    });
+                }
+            },
+            _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() => {
+                // One frame per event, built once and shared, as moonx-ws does.
+                let e = generator.next();
+                let frame = String::from_utf8(event_frame(Channel::Prices, &e.payload)).expect("events are JSON text");
+                let _ = frames_tx.send(Some(Utf8Bytes::from(frame)));
+            }
+        }
+    }
+}
+
+/// The handshake with moonx-ws's buffer sizes, then the client's subscribe
+/// frame answered as moonx-ws answers it.
+async fn accept(stream: tokio::net::TcpStream) -> anyhow::Result<Ws> {
+    let _ = stream.set_nodelay(true);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(2 * 1024)
+        .write_buffer_size(8 * 1024)
+        .max_message_size(Some(MAX_SUBSCRIBE_BYTES))
+        .max_frame_size(Some(MAX_SUBSCRIBE_BYTES));
+    let mut ws = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await?;
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) if t.contains("\"subscribe\"") => {
+            ws.send(Message::text(r#"{"type":"subscribed","channel":"prices"}"#)).await?;
+            Ok(ws)
+        }
+        other => anyhow::bail!("expected a subscribe frame, got {other:?}"),
+    }
+}
+
+/// Writes each new frame to each of its connections in turn; a connection
+/// whose write fails is dropped.
+async fn writer(mut joins: mpsc::UnboundedReceiver<Ws>, mut frames: watch::Receiver<Option<Utf8Bytes>>) {
+    let mut conns: Vec<Ws> = Vec::new();
+    loop {
+        tokio::select! {
+            ws = joins.recv() => match ws {
+                Some(ws) => conns.push(ws),
+                None => return,
+            },
+            changed = frames.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let Some(frame) = frames.borrow_and_update().clone() else { continue };
+                let mut i = 0;
+                while i < conns.len() {
+                    if conns[i].send(Message::Text(frame.clone())).await.is_ok() {
+                        i += 1;
+                    } else {
+                        conns.swap_remove(i);
+                    }
+                }
+            }
+        }
+    }
+}
