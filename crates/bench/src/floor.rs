@@ -4,10 +4,12 @@
 //! 8 KiB write buffers) and frames (`protocol::event_frame` around the load
 //! tool's price events), and no routing, entitlement or per-connection
 //! queue. Guarantee: every connection that subscribed gets each frame the
-//! writer builds, written straight to its socket, unless the writer is still
-//! busy with an older frame, in which case the older one is skipped (a
-//! `watch` holds only the latest): what it delivers is what this machine can
-//! write, which is the ceiling for moonx-ws's scenario c.
+//! writer builds, written straight to its socket by the writer task it was
+//! dealt to; frames wait only in the one broadcast ring the writer tasks
+//! read (as moonx-ws's frames wait in its queues when the CPUs are busy),
+//! and a writer more than `RING` frames behind skips the oldest. What it
+//! delivers is what this machine can write: the ceiling for moonx-ws's
+//! scenario c.
 //!
 //! Control: one line per command on stdin, `rate <events/s>` (0 stops);
 //! the process prints `listening <port>` once it accepts.
@@ -21,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
@@ -31,16 +33,20 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 /// spread over the runtime's workers as moonx-ws's session tasks do.
 const WRITERS: usize = 16;
 
+/// Frames a writer task may fall behind by (a few seconds at the top step's
+/// rate) before it skips.
+const RING: usize = 4096;
+
 /// A subscribe frame is a few dozen bytes; anything longer is not ours.
 const MAX_SUBSCRIBE_BYTES: usize = 4096;
 
 pub async fn serve(port: u16) -> anyhow::Result<()> {
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
-    let (frames_tx, frames_rx) = watch::channel::<Option<Utf8Bytes>>(None);
+    let (frames_tx, _) = broadcast::channel::<Utf8Bytes>(RING);
     let mut writers = Vec::with_capacity(WRITERS);
     for _ in 0..WRITERS {
         let (tx, rx) = mpsc::unbounded_channel::<Ws>();
-        tokio::spawn(writer(rx, frames_rx.clone()));
+        tokio::spawn(writer(rx, frames_tx.subscribe()));
         writers.push(tx);
     }
     let next = Arc::new(AtomicUsize::new(0));
@@ -78,7 +84,7 @@ pub async fn serve(port: u16) -> anyhow::Result<()> {
                 // One frame per event, built once and shared, as moonx-ws does.
                 let e = generator.next();
                 let frame = String::from_utf8(event_frame(Channel::Prices, &e.payload)).expect("events are JSON text");
-                let _ = frames_tx.send(Some(Utf8Bytes::from(frame)));
+                let _ = frames_tx.send(Utf8Bytes::from(frame));
             }
         }
     }
@@ -105,7 +111,7 @@ async fn accept(stream: tokio::net::TcpStream) -> anyhow::Result<Ws> {
 
 /// Writes each new frame to each of its connections in turn; a connection
 /// whose write fails is dropped.
-async fn writer(mut joins: mpsc::UnboundedReceiver<Ws>, mut frames: watch::Receiver<Option<Utf8Bytes>>) {
+async fn writer(mut joins: mpsc::UnboundedReceiver<Ws>, mut frames: broadcast::Receiver<Utf8Bytes>) {
     let mut conns: Vec<Ws> = Vec::new();
     loop {
         tokio::select! {
@@ -113,11 +119,12 @@ async fn writer(mut joins: mpsc::UnboundedReceiver<Ws>, mut frames: watch::Recei
                 Some(ws) => conns.push(ws),
                 None => return,
             },
-            changed = frames.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let Some(frame) = frames.borrow_and_update().clone() else { continue };
+            frame = frames.recv() => {
+                let frame = match frame {
+                    Ok(f) => f,
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
                 let mut i = 0;
                 while i < conns.len() {
                     if conns[i].send(Message::Text(frame.clone())).await.is_ok() {

@@ -171,7 +171,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
 fn peer_targets(r: &Results) -> Vec<Target> {
     let mut out = Vec::new();
     let fanout = |k: Kind| r.fanout.iter().find(|f| f.target == k);
-    if let (Some(m), Some(c)) = (fanout(Kind::Moonx), fanout(Kind::Centrifugo)) {
+    if let (Some(m), Some(c)) = (fanout(Kind::Moonx), fanout(Kind::Centrifugo).filter(|c| c.sustained_frames_per_sec > 0.0)) {
         let ratio = m.sustained_frames_per_sec / c.sustained_frames_per_sec;
         out.push(Target {
             scenario: "c fan-out".into(),
@@ -180,7 +180,7 @@ fn peer_targets(r: &Results) -> Vec<Target> {
             met: Some(ratio >= 2.0),
         });
     }
-    if let (Some(m), Some(f)) = (fanout(Kind::Moonx), fanout(Kind::Floor)) {
+    if let (Some(m), Some(f)) = (fanout(Kind::Moonx), fanout(Kind::Floor).filter(|f| f.sustained_frames_per_sec > 0.0)) {
         let of = m.sustained_frames_per_sec / f.sustained_frames_per_sec;
         out.push(Target {
             scenario: "c fan-out".into(),
