@@ -262,3 +262,27 @@ impl Clients {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn centrifugo_messages_count_each_push_and_flag_pings() {
+        let recorder = LatencyRecorder::new();
+        recorder.set_recording(true);
+        let now_ms = unix_micros() / 1000;
+        let push = format!(r#"{{"push":{{"channel":"prices","pub":{{"data":{{"metadata":{{"timestamp":{now_ms}}}}},"offset":1}}}}}}"#);
+        // Two publications and a subscribe reply in one message: both pushes count, no ping.
+        let batch = format!("{push}\n{{\"id\":2,\"subscribe\":{{}}}}\n{push}");
+        assert!(!on_centrifugo_message(batch.as_bytes(), 0, &recorder));
+        assert_eq!(recorder.summary().window_frames, 2);
+        // A ping alone, and a ping beside a push.
+        assert!(on_centrifugo_message(b"{}", 0, &recorder));
+        assert!(on_centrifugo_message(format!("{push}\n{{}}").as_bytes(), 0, &recorder));
+        assert_eq!(recorder.summary().window_frames, 3);
+        // A join push (no publication) is not a frame.
+        assert!(!on_centrifugo_message(br#"{"push":{"channel":"prices","join":{"info":{}}}}"#, 0, &recorder));
+        assert_eq!(recorder.summary().window_frames, 3);
+    }
+}

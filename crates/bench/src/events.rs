@@ -210,6 +210,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn centrifugo_headers_only_when_asked_and_user_events_go_to_user_limited_channels() {
+        let mix = Mix { price_share: 0.5, users: 10, hot_share: 0.0 };
+        assert!((0..50).all(|_| Generator::new(mix.clone(), 3).next().centrifugo_channel.is_none()));
+        let mut g = Generator::new(mix, 3).with_centrifugo_headers(true);
+        let (mut prices, mut users) = (0, 0);
+        for _ in 0..200 {
+            let p = g.next();
+            let channel = p.centrifugo_channel.expect("asked for");
+            let text = String::from_utf8(p.payload).unwrap();
+            if text.contains("\"price.updated\"") {
+                assert_eq!(channel, "prices");
+                prices += 1;
+            } else {
+                let (name, user) = channel.split_once('#').expect("user-limited");
+                assert!(["orders", "trades", "portfolio"].contains(&name), "{channel}");
+                assert!(text.contains(&format!("\"userId\":\"{user}\"")), "{channel} for {text}");
+                users += 1;
+            }
+        }
+        assert!(prices > 0 && users > 0);
+    }
+
+    #[test]
     fn events_are_valid_and_carry_their_times() {
         let mut g = Generator::new(Mix { price_share: 0.3, users: 100, hot_share: 0.5 }, 7);
         for _ in 0..200 {
