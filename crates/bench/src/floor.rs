@@ -4,10 +4,11 @@
 //! 8 KiB write buffers) and frames (`protocol::event_frame` around the load
 //! tool's price events), and no routing, entitlement or per-connection
 //! queue. Guarantee: every connection that subscribed gets each frame the
-//! writer builds, written straight to its socket by the writer task it was
-//! dealt to; frames wait only in the one broadcast ring the writer tasks
-//! read (as moonx-ws's frames wait in its queues when the CPUs are busy),
-//! and a writer more than `RING` frames behind skips the oldest. What it
+//! writer builds, written straight to its socket by its own task (as
+//! moonx-ws's session tasks do, so a slow reader holds up only itself);
+//! frames wait only in the one broadcast ring those tasks read (as moonx-ws's
+//! wait in its queues when the CPUs are busy), and a connection more than
+//! `RING` frames behind skips the oldest. What it
 //! delivers is what this machine can write: the ceiling for moonx-ws's
 //! scenario c.
 //!
@@ -18,22 +19,16 @@ use crate::events::{Generator, Mix};
 use futures_util::{SinkExt, StreamExt};
 use moonx_ws::deliver::protocol::event_frame;
 use moonx_ws::deliver::Channel;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-/// Writer tasks: connections are dealt to them in turn, so the writes
-/// spread over the runtime's workers as moonx-ws's session tasks do.
-const WRITERS: usize = 16;
-
-/// Frames a writer task may fall behind by (a few seconds at the top step's
+/// Frames a connection may fall behind by (a few seconds at the top step's
 /// rate) before it skips.
 const RING: usize = 4096;
 
@@ -43,21 +38,14 @@ const MAX_SUBSCRIBE_BYTES: usize = 4096;
 pub async fn serve(port: u16) -> anyhow::Result<()> {
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     let (frames_tx, _) = broadcast::channel::<Utf8Bytes>(RING);
-    let mut writers = Vec::with_capacity(WRITERS);
-    for _ in 0..WRITERS {
-        let (tx, rx) = mpsc::unbounded_channel::<Ws>();
-        tokio::spawn(writer(rx, frames_tx.subscribe()));
-        writers.push(tx);
-    }
-    let next = Arc::new(AtomicUsize::new(0));
-    let writers = Arc::new(writers);
+    let ring = frames_tx.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let (writers, next) = (writers.clone(), next.clone());
+            let frames = ring.subscribe();
             tokio::spawn(async move {
                 if let Ok(Ok(ws)) = tokio::time::timeout(Duration::from_secs(30), accept(stream)).await {
-                    let _ = writers[next.fetch_add(1, Ordering::Relaxed) % WRITERS].send(ws);
+                    writer(ws, frames).await;
                 }
             });
         }
@@ -109,31 +97,16 @@ async fn accept(stream: tokio::net::TcpStream) -> anyhow::Result<Ws> {
     }
 }
 
-/// Writes each new frame to each of its connections in turn; a connection
-/// whose write fails is dropped.
-async fn writer(mut joins: mpsc::UnboundedReceiver<Ws>, mut frames: broadcast::Receiver<Utf8Bytes>) {
-    let mut conns: Vec<Ws> = Vec::new();
+/// Writes each frame to the connection until a write fails.
+async fn writer(mut ws: Ws, mut frames: broadcast::Receiver<Utf8Bytes>) {
     loop {
-        tokio::select! {
-            ws = joins.recv() => match ws {
-                Some(ws) => conns.push(ws),
-                None => return,
-            },
-            frame = frames.recv() => {
-                let frame = match frame {
-                    Ok(f) => f,
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                let mut i = 0;
-                while i < conns.len() {
-                    if conns[i].send(Message::Text(frame.clone())).await.is_ok() {
-                        i += 1;
-                    } else {
-                        conns.swap_remove(i);
-                    }
-                }
-            }
+        let frame = match frames.recv().await {
+            Ok(f) => f,
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if ws.send(Message::Text(frame)).await.is_err() {
+            return;
         }
     }
 }
