@@ -2,7 +2,10 @@
 //! bound to a source address of 127.0.0.2, .3, … (one address per 10,000
 //! connections: one source address has about 28k ephemeral ports), each
 //! subscribed to chosen channels, counting event frames and recording their
-//! latency.
+//! latency. Two protocols: moonx-ws's (which the Node baseline and the
+//! fan-out floor also speak) and Centrifugo's JSON protocol v2 (connect with
+//! a JWT, subscribe, replies and pushes several to a WebSocket message
+//! separated by newlines, and its `{}` pings answered with `{}`).
 
 use crate::events::{latencies_us, unix_micros};
 use crate::stats::LatencyRecorder;
@@ -25,7 +28,16 @@ pub struct ClientSpec {
     /// `ws://127.0.0.1:PORT/ws?...`
     pub url: String,
     /// Messages sent after connecting; each must be answered `subscribed`.
+    /// Centrifugo: the channels to subscribe to.
     pub subscribe: Arc<Vec<String>>,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone)]
+pub enum Protocol {
+    Moonx,
+    /// Centrifugo's JSON protocol v2, connecting with this JWT.
+    Centrifugo { token: String },
 }
 
 pub struct Clients {
@@ -80,10 +92,17 @@ pub async fn open(
             drop(permit);
             let _ = ready_tx.send(Ok(())).await;
             drop(ready_tx);
-            let (_write, mut read) = ws.split();
+            let centrifugo = matches!(spec.protocol, Protocol::Centrifugo { .. });
+            let (mut write, mut read) = ws.split();
             loop {
                 tokio::select! {
                     m = read.next() => match m {
+                        Some(Ok(Message::Text(t))) if centrifugo => {
+                            if on_centrifugo_message(t.as_bytes(), index, &recorder) {
+                                // Its ping; a connection that does not answer is closed.
+                                let _ = write.send(Message::text("{}")).await;
+                            }
+                        }
                         Some(Ok(Message::Text(t))) => on_frame(t.as_bytes(), index, &recorder),
                         end @ (Some(Ok(Message::Close(_))) | None | Some(Err(_))) => {
                             if !*stop_rx.borrow() {
@@ -138,6 +157,10 @@ async fn connect(target: SocketAddr, index: usize, spec: &ClientSpec) -> Result<
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(spec.url.as_str(), stream, Some(config))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
+    if let Protocol::Centrifugo { token } = &spec.protocol {
+        centrifugo_handshake(&mut ws, token, &spec.subscribe).await?;
+        return Ok(ws);
+    }
     for m in spec.subscribe.iter() {
         ws.send(Message::text(m.clone())).await.map_err(|e| format!("send: {e}"))?;
     }
@@ -158,6 +181,57 @@ async fn connect(target: SocketAddr, index: usize, spec: &ClientSpec) -> Result<
         }
     }
     Ok(ws)
+}
+
+/// Connect (command 1) and one subscribe per channel (2, 3, …), sent as one
+/// newline-separated message; waits for every reply.
+async fn centrifugo_handshake(ws: &mut Ws, token: &str, channels: &[String]) -> Result<(), String> {
+    let mut commands = vec![serde_json::json!({"id": 1, "connect": {"token": token}}).to_string()];
+    for (i, c) in channels.iter().enumerate() {
+        commands.push(serde_json::json!({"id": i + 2, "subscribe": {"channel": c}}).to_string());
+    }
+    ws.send(Message::text(commands.join("\n"))).await.map_err(|e| format!("send: {e}"))?;
+    let mut replied = 0;
+    while replied < commands.len() {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                for line in t.as_str().split('\n').filter(|l| !l.is_empty()) {
+                    if line == "{}" {
+                        let _ = ws.send(Message::text("{}")).await;
+                        continue;
+                    }
+                    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("reply is not JSON ({e}): {line}"))?;
+                    if v.get("id").is_none() {
+                        continue; // a push
+                    }
+                    if let Some(e) = v.get("error") {
+                        return Err(format!("centrifugo refused command {}: {e}", v["id"]));
+                    }
+                    replied += 1;
+                }
+            }
+            Some(Ok(Message::Close(f))) => return Err(format!("closed before subscribed: {f:?}")),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(format!("read: {e}")),
+            None => return Err("closed before subscribed".into()),
+        }
+    }
+    Ok(())
+}
+
+/// One Centrifugo message: records each publication pushed; returns
+/// whether it carried a ping (`{}`) to answer.
+fn on_centrifugo_message(text: &[u8], index: usize, recorder: &LatencyRecorder) -> bool {
+    let mut ping = false;
+    for line in text.split(|&b| b == b'\n') {
+        if line == b"{}" {
+            ping = true;
+        } else if line.starts_with(b"{\"push\":") && line.windows(6).any(|w| w == b"\"pub\":") {
+            let (ts, precise) = latencies_us(line, unix_micros());
+            recorder.record(index, ts, precise);
+        }
+    }
+    ping
 }
 
 fn on_frame(text: &[u8], index: usize, recorder: &LatencyRecorder) {
@@ -186,5 +260,29 @@ impl Clients {
         for h in self.handles {
             let _ = h.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn centrifugo_messages_count_each_push_and_flag_pings() {
+        let recorder = LatencyRecorder::new();
+        recorder.set_recording(true);
+        let now_ms = unix_micros() / 1000;
+        let push = format!(r#"{{"push":{{"channel":"prices","pub":{{"data":{{"metadata":{{"timestamp":{now_ms}}}}},"offset":1}}}}}}"#);
+        // Two publications and a subscribe reply in one message: both pushes count, no ping.
+        let batch = format!("{push}\n{{\"id\":2,\"subscribe\":{{}}}}\n{push}");
+        assert!(!on_centrifugo_message(batch.as_bytes(), 0, &recorder));
+        assert_eq!(recorder.summary().window_frames, 2);
+        // A ping alone, and a ping beside a push.
+        assert!(on_centrifugo_message(b"{}", 0, &recorder));
+        assert!(on_centrifugo_message(format!("{push}\n{{}}").as_bytes(), 0, &recorder));
+        assert_eq!(recorder.summary().window_frames, 3);
+        // A join push (no publication) is not a frame.
+        assert!(!on_centrifugo_message(br#"{"push":{"channel":"prices","join":{"info":{}}}}"#, 0, &recorder));
+        assert_eq!(recorder.summary().window_frames, 3);
     }
 }

@@ -34,6 +34,26 @@ impl Mix {
 pub struct Produced {
     pub key: String,
     pub payload: Vec<u8>,
+    /// Centrifugo's `centrifugo-channels` record header (publication data
+    /// mode): set only when the generator was asked for it, so the records
+    /// the other targets read stay exactly as before.
+    pub centrifugo_channel: Option<String>,
+}
+
+/// The Centrifugo channel of an event: `prices` for prices, the
+/// user-limited channel `<channel>#<userId>` (only that user may subscribe)
+/// for a user event, `<channel>` being the one moonx-ws routes it to.
+pub fn centrifugo_channel(event_type: &str, user: Option<&str>) -> String {
+    let channel = match event_type {
+        "order.created" | "order.updated" => "orders",
+        "trade.executed" => "trades",
+        "portfolio.updated" => "portfolio",
+        _ => "prices",
+    };
+    match user {
+        Some(u) if channel != "prices" => format!("{channel}#{u}"),
+        _ => channel.to_owned(),
+    }
 }
 
 pub struct Generator {
@@ -42,6 +62,7 @@ pub struct Generator {
     mix: Mix,
     seq: u64,
     types: [EventType; 5],
+    centrifugo_headers: bool,
 }
 
 pub fn user_id(i: usize) -> String {
@@ -66,7 +87,15 @@ impl Generator {
                 EventType::parse("trade.executed"),
                 EventType::parse("portfolio.updated"),
             ],
+            centrifugo_headers: false,
         }
+    }
+
+    /// Adds the `centrifugo-channels` header to every record (for a run
+    /// whose consumer is Centrifugo).
+    pub fn with_centrifugo_headers(mut self, on: bool) -> Self {
+        self.centrifugo_headers = on;
+        self
     }
 
     fn pick_user(&mut self) -> String {
@@ -136,8 +165,9 @@ impl Generator {
             source: Some("moonx-bench".into()),
             ..EventOptions::default()
         };
+        let centrifugo_channel = self.centrifugo_headers.then(|| centrifugo_channel(event_type.as_str(), options.user_id.as_deref()));
         let event = self.factory.create_from_json(event_type, data, options).expect("the load tool's events are valid");
-        Produced { key: event.metadata.partition.clone(), payload: event.to_json_bytes() }
+        Produced { key: event.metadata.partition.clone(), payload: event.to_json_bytes(), centrifugo_channel }
     }
 }
 
@@ -178,6 +208,29 @@ fn find_number(text: &[u8], needle: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn centrifugo_headers_only_when_asked_and_user_events_go_to_user_limited_channels() {
+        let mix = Mix { price_share: 0.5, users: 10, hot_share: 0.0 };
+        assert!((0..50).all(|_| Generator::new(mix.clone(), 3).next().centrifugo_channel.is_none()));
+        let mut g = Generator::new(mix, 3).with_centrifugo_headers(true);
+        let (mut prices, mut users) = (0, 0);
+        for _ in 0..200 {
+            let p = g.next();
+            let channel = p.centrifugo_channel.expect("asked for");
+            let text = String::from_utf8(p.payload).unwrap();
+            if text.contains("\"price.updated\"") {
+                assert_eq!(channel, "prices");
+                prices += 1;
+            } else {
+                let (name, user) = channel.split_once('#').expect("user-limited");
+                assert!(["orders", "trades", "portfolio"].contains(&name), "{channel}");
+                assert!(text.contains(&format!("\"userId\":\"{user}\"")), "{channel} for {text}");
+                users += 1;
+            }
+        }
+        assert!(prices > 0 && users > 0);
+    }
 
     #[test]
     fn events_are_valid_and_carry_their_times() {

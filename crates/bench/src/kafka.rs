@@ -9,6 +9,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::{ClientConfig, Message};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -55,9 +56,13 @@ pub fn producer(brokers: &str, linger_ms: u32) -> anyhow::Result<ThreadedProduce
         .create()?)
 }
 
-fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, payload: &[u8]) -> anyhow::Result<()> {
+fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, e: &crate::events::Produced) -> anyhow::Result<()> {
     loop {
-        match p.send(BaseRecord::to(topic).key(key).payload(payload)) {
+        let mut record = BaseRecord::to(topic).key(e.key.as_str()).payload(e.payload.as_slice());
+        if let Some(channel) = &e.centrifugo_channel {
+            record = record.headers(OwnedHeaders::new().insert(Header { key: "centrifugo-channels", value: Some(channel.as_str()) }));
+        }
+        match p.send(record) {
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => std::thread::sleep(Duration::from_millis(1)),
             Err((e, _)) => anyhow::bail!("produce to {topic}: {e}"),
@@ -71,7 +76,7 @@ pub fn preload(brokers: &str, topic: &str, n: u64, mut generator: Generator) -> 
     let t = Instant::now();
     for _ in 0..n {
         let e = generator.next();
-        send(&p, topic, &e.key, &e.payload)?;
+        send(&p, topic, &e)?;
     }
     p.flush(Duration::from_secs(120))?;
     Ok(n as f64 / t.elapsed().as_secs_f64())
@@ -94,7 +99,7 @@ pub fn produce_at_rate(
         let due = (t.elapsed().as_secs_f64() * rate) as u64;
         while n < due {
             let e = generator.next();
-            send(&p, topic, &e.key, &e.payload)?;
+            send(&p, topic, &e)?;
             n += 1;
             produced.store(n, Ordering::Relaxed);
         }
@@ -166,5 +171,17 @@ pub fn floor_consumer(
                 recorder.record(0, ts, precise);
             }
     }
+    Ok(())
+}
+
+/// One record for Centrifugo's channel `bench-probe`, which no client
+/// subscribes to: once its consumer has processed it, the consumer has its
+/// partitions (Centrifugo logs nothing on assignment and its `/health` does
+/// not wait for Kafka).
+pub fn produce_probe(brokers: &str, topic: &str) -> anyhow::Result<()> {
+    let p = producer(brokers, 0)?;
+    let probe = crate::events::Produced { key: "bench-probe".into(), payload: b"{}".to_vec(), centrifugo_channel: Some("bench-probe".into()) };
+    send(&p, topic, &probe)?;
+    p.flush(Duration::from_secs(30))?;
     Ok(())
 }

@@ -15,6 +15,7 @@ mod chaos;
 mod chart;
 mod clients;
 mod events;
+mod floor;
 mod kafka;
 mod procstat;
 mod report;
@@ -55,6 +56,13 @@ enum Cmd {
     Connect(ConnectArgs),
     /// The reliability suite (RELIABILITY.md): scenarios under injected faults.
     Chaos(Box<chaos::ChaosArgs>),
+    /// The fan-out floor of scenario c (started by `suite`): accepts
+    /// WebSocket clients and writes them price frames at the rate given on
+    /// stdin (`rate <events/s>`).
+    FanoutFloor {
+        #[arg(long)]
+        port: u16,
+    },
 }
 
 #[derive(Parser)]
@@ -104,9 +112,13 @@ struct SuiteArgs {
     /// moonx-ws only).
     #[arg(long, value_delimiter = ',', default_value = "a,b,b2,c,d,e,f,g")]
     only: Vec<String>,
-    /// Systems under test, of moonx,baseline.
+    /// Systems under test, of moonx,baseline,centrifugo,floor (floor: the
+    /// fan-out floor, scenario c only).
     #[arg(long, value_delimiter = ',', default_value = "moonx,baseline")]
     targets: Vec<String>,
+    /// The Centrifugo v6 binary (bench/run installs it).
+    #[arg(long, default_value = ".cache/go-bin/centrifugo")]
+    centrifugo_bin: PathBuf,
     /// How the gateway was built (reported).
     #[arg(long, default_value = "release")]
     profile: String,
@@ -173,6 +185,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Suite(a) => rt.block_on(run_suite(*a)),
         Cmd::Connect(a) => rt.block_on(connect(a)),
         Cmd::Chaos(a) => rt.block_on(chaos::run(*a)),
+        Cmd::FanoutFloor { port } => rt.block_on(floor::serve(port)),
         Cmd::Produce(a) => {
             let mix = events::Mix { price_share: a.price_share, users: a.users, hot_share: 0.0 };
             if a.rate <= 0.0 {
@@ -211,7 +224,7 @@ async fn connect(a: ConnectArgs) -> anyhow::Result<()> {
                 (None, true) => format!("{url}?userId={}", events::user_id(i)),
                 (None, false) => url.clone(),
             };
-            clients::ClientSpec { url, subscribe: subscribe.clone() }
+            clients::ClientSpec { url, subscribe: subscribe.clone(), protocol: clients::Protocol::Moonx }
         })
         .collect();
     let recorder = std::sync::Arc::new(stats::LatencyRecorder::new());
@@ -239,12 +252,22 @@ async fn run_suite(a: SuiteArgs) -> anyhow::Result<()> {
         .map(|t| match t.as_str() {
             "moonx" => Ok(Kind::Moonx),
             "baseline" => Ok(Kind::Baseline),
+            "centrifugo" => Ok(Kind::Centrifugo),
+            "floor" => Ok(Kind::Floor),
             other => Err(anyhow::anyhow!("unknown target {other}")),
         })
         .collect::<anyhow::Result<_>>()?;
     anyhow::ensure!(a.moonx_bin.exists(), "{} does not exist: build it first (bench/run does)", a.moonx_bin.display());
     let suite = Suite {
-        programs: Programs { moonx_bin: a.moonx_bin.clone(), node: a.node.clone(), baseline_dir: a.baseline_dir.clone(), brokers: a.brokers.clone(), logs },
+        programs: Programs {
+            moonx_bin: a.moonx_bin.clone(),
+            node: a.node.clone(),
+            baseline_dir: a.baseline_dir.clone(),
+            brokers: a.brokers.clone(),
+            logs,
+            centrifugo_bin: a.centrifugo_bin.clone(),
+            bench_bin: std::env::current_exe()?,
+        },
         scale,
         kinds: kinds.clone(),
         criterion_dir: a.criterion_dir.clone(),
@@ -283,19 +306,19 @@ async fn run_suite(a: SuiteArgs) -> anyhow::Result<()> {
             }
     }
     for &k in &kinds {
-        if on("d")
+        if on("d") && k.consumes_kafka()
             && let Some(v) = attempt!(format!("d latency {}", k.key()), suite.latency(k).await) {
                 r.latency.push(v);
             }
     }
     for &k in &kinds {
-        if on("e")
+        if on("e") && k.consumes_kafka()
             && let Some(v) = attempt!(format!("e memory {}", k.key()), suite.memory(k).await) {
                 r.memory.push(v);
             }
     }
     for &k in &kinds {
-        if on("f")
+        if on("f") && k.consumes_kafka()
             && let Some(v) = attempt!(format!("f private {}", k.key()), suite.private(k).await) {
                 r.private.push(v);
             }

@@ -155,6 +155,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
             met: Some(gap <= 1.0),
         });
     }
+    out.extend(peer_targets(r));
     if let Some(m) = r.memory.iter().find(|m| m.target == Kind::Moonx) {
         for l in &m.levels {
             out.push(Target {
@@ -166,6 +167,161 @@ pub fn targets(r: &Results) -> Vec<Target> {
         }
     }
     out
+}
+
+/// Issue 14's targets against Centrifugo and the fan-out floor (rows only
+/// for what ran).
+fn peer_targets(r: &Results) -> Vec<Target> {
+    let mut out = Vec::new();
+    let fanout = |k: Kind| r.fanout.iter().find(|f| f.target == k);
+    if let (Some(m), Some(c)) = (fanout(Kind::Moonx), fanout(Kind::Centrifugo).filter(|c| c.sustained_frames_per_sec > 0.0)) {
+        let ratio = m.sustained_frames_per_sec / c.sustained_frames_per_sec;
+        out.push(Target {
+            scenario: "c fan-out".into(),
+            target: "≥ 2× Centrifugo's sustained fan-out".into(),
+            measured: format!("{ratio:.2}× ({} vs {} frames/s)", fmt_rate(m.sustained_frames_per_sec), fmt_rate(c.sustained_frames_per_sec)),
+            met: Some(ratio >= 2.0),
+        });
+    }
+    if let (Some(m), Some(f)) = (fanout(Kind::Moonx), fanout(Kind::Floor).filter(|f| f.sustained_frames_per_sec > 0.0)) {
+        let of = m.sustained_frames_per_sec / f.sustained_frames_per_sec;
+        out.push(Target {
+            scenario: "c fan-out".into(),
+            target: "≥ 85% of the fan-out floor".into(),
+            measured: format!("{:.0}% ({} vs {} frames/s sustained)", of * 100.0, fmt_rate(m.sustained_frames_per_sec), fmt_rate(f.sustained_frames_per_sec)),
+            met: Some(of >= 0.85),
+        });
+    }
+    let latency = |k: Kind| r.latency.iter().find(|d| d.target == k);
+    if let (Some(m), Some(c)) = (latency(Kind::Moonx), latency(Kind::Centrifugo)) {
+        let (m, c) = (&m.latency.latency_precise, &c.latency.latency_precise);
+        out.push(Target {
+            scenario: "d latency".into(),
+            target: "p50 and p99 at or below Centrifugo's".into(),
+            measured: format!("p50 {:.2} vs {:.2} ms, p99 {:.2} vs {:.2} ms", m.p50_ms, c.p50_ms, m.p99_ms, c.p99_ms),
+            met: Some(m.p50_ms <= c.p50_ms && m.p99_ms <= c.p99_ms),
+        });
+    }
+    if let Some(c) = &r.consume {
+        let run = |k: Kind| c.runs.iter().find(|r| r.target == k);
+        if let (Some(m), Some(p)) = (run(Kind::Moonx), run(Kind::Centrifugo)) {
+            let ratio = m.events_per_sec / p.events_per_sec;
+            out.push(Target {
+                scenario: "b consume".into(),
+                target: "≥ 2× Centrifugo's Kafka consumer".into(),
+                measured: format!("{ratio:.1}× ({} vs {} events/s)", fmt_rate(m.events_per_sec), fmt_rate(p.events_per_sec)),
+                met: Some(ratio >= 2.0),
+            });
+        }
+    }
+    let memory = |k: Kind| r.memory.iter().find(|m| m.target == k).and_then(|m| m.levels.last());
+    if let (Some(m), Some(c)) = (memory(Kind::Moonx), memory(Kind::Centrifugo)) {
+        let ratio = m.bytes_per_connection / c.bytes_per_connection;
+        out.push(Target {
+            scenario: "e memory".into(),
+            target: "≤ ¼ of Centrifugo's per idle connection".into(),
+            measured: format!(
+                "{:.2} of it ({:.2} vs {:.2} KiB at {} / {} connections)",
+                ratio, m.bytes_per_connection / 1024.0, c.bytes_per_connection / 1024.0, m.connections, c.connections
+            ),
+            met: Some(ratio <= 0.25),
+        });
+    }
+    out
+}
+
+/// `a / b` as a ratio, or "–" when either is missing or b is zero.
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => "–".into(),
+    }
+}
+
+fn cell(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map_or("–".into(), f)
+}
+
+/// A side-by-side row: measure, values (moonx, Centrifugo, baseline,
+/// floor), how to print one, and whether higher is better.
+type SideRow = (String, [Option<f64>; 4], Box<dyn Fn(f64) -> String>, bool);
+
+/// Issue 14 item 5: one table, a row per scenario's headline measure, a
+/// column per system, the ratios of moonx-ws to each, and the load.
+fn side_by_side(md: &mut String, rep: &Report<'_>) {
+    let r = rep.results;
+    let kinds = [Kind::Moonx, Kind::Centrifugo, Kind::Baseline, Kind::Floor];
+    let mut rows: Vec<SideRow> = Vec::new();
+    if let Some(c) = &r.consume {
+        let v = kinds.map(|k| c.runs.iter().find(|x| x.target == k).map(|x| x.events_per_sec));
+        rows.push(("b consume, events/s".into(), v, Box::new(fmt_rate), true));
+    }
+    if !r.fanout.is_empty() {
+        let clients = r.fanout.iter().map(|f| f.clients).max().unwrap_or(0);
+        let v = kinds.map(|k| r.fanout.iter().find(|f| f.target == k).map(|f| f.sustained_frames_per_sec));
+        rows.push((format!("c sustained fan-out to {clients} clients, frames/s"), v, Box::new(fmt_rate), true));
+    }
+    for (name, runs) in [("d latency", &r.latency), ("f private", &r.private)] {
+        if runs.is_empty() {
+            continue;
+        }
+        let get = |k: Kind, f: &dyn Fn(&Delivery) -> f64| runs.iter().find(|d| d.target == k).map(f);
+        rows.push((format!("{name} p50, ms"), kinds.map(|k| get(k, &|d| d.latency.latency_precise.p50_ms)), Box::new(|v| format!("{v:.2}")), false));
+        rows.push((format!("{name} p99, ms"), kinds.map(|k| get(k, &|d| d.latency.latency_precise.p99_ms)), Box::new(|v| format!("{v:.2}")), false));
+        rows.push((format!("{name} delivered, frames/s"), kinds.map(|k| get(k, &|d| d.delivered_frames_per_sec)), Box::new(fmt_rate), true));
+    }
+    if !r.memory.is_empty() {
+        let v = kinds.map(|k| r.memory.iter().find(|m| m.target == k).and_then(|m| m.levels.last()).map(|l| l.bytes_per_connection / 1024.0));
+        rows.push(("e memory per idle connection (largest level), KiB".into(), v, Box::new(|v| format!("{v:.2}")), false));
+    }
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "
+## Side by side (issue 14)
+");
+    let _ = writeln!(
+        md,
+        "One run, one target at a time, on the same machine; load average {} at start, {} at end (per-step loads below). Ratios are moonx-ws's value divided by the other's: above 1 is better for throughput rows, below 1 for latency and memory rows.
+",
+        rep.machine.load_average_start, rep.machine.load_average_end
+    );
+    let _ = writeln!(md, "| measure | moonx-ws | Centrifugo v6 | Node baseline | fan-out floor | moonx / Centrifugo | moonx / baseline | moonx % of floor |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    for (name, v, f, higher_better) in &rows {
+        let of_floor = match (v[0], v[3]) {
+            (Some(m), Some(fl)) if fl > 0.0 && *higher_better => format!("{:.0}%", m / fl * 100.0),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {} | {} | {} | {} | {of_floor} |",
+            cell(v[0], f), cell(v[1], f), cell(v[2], f), cell(v[3], f), ratio(v[0], v[1]), ratio(v[0], v[2])
+        );
+    }
+    // The floor step by step.
+    let moonx = r.fanout.iter().find(|f| f.target == Kind::Moonx);
+    let floor = r.fanout.iter().find(|f| f.target == Kind::Floor);
+    let centrifugo = r.fanout.iter().find(|f| f.target == Kind::Centrifugo);
+    if let (Some(m), Some(fl)) = (moonx, floor) {
+        let _ = writeln!(md, "
+Fan-out step by step (delivered frames/s; a system that fell behind at a step stops there):
+");
+        let _ = writeln!(md, "| events/s | offered frames/s | moonx-ws | Centrifugo v6 | fan-out floor | moonx % of floor | moonx / Centrifugo | load average (moonx's step) |");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+        for s in &m.steps {
+            let at = |f: Option<&crate::suite::Fanout>| f.and_then(|f| f.steps.iter().find(|x| x.events_per_sec == s.events_per_sec)).map(|x| x.delivered_frames_per_sec);
+            let (f, c) = (at(Some(fl)), at(centrifugo));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                s.events_per_sec, fmt_rate(s.offered_frames_per_sec), fmt_rate(s.delivered_frames_per_sec),
+                cell(c, fmt_rate), cell(f, fmt_rate),
+                f.filter(|f| *f > 0.0).map_or("–".into(), |f| format!("{:.0}%", s.delivered_frames_per_sec / f * 100.0)),
+                ratio(Some(s.delivered_frames_per_sec), c), s.load_average
+            );
+        }
+    }
 }
 
 fn le_pair(a: Option<f64>, b: Option<f64>) -> String {
@@ -180,16 +336,16 @@ fn delivery_table(md: &mut String, title: &str, runs: &[Delivery]) {
         return;
     }
     let _ = writeln!(md, "\n### {title}\n");
-    let _ = writeln!(md, "| system | clients open | events/s | delivered frames/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | Kafka floor p50 / p99 / p99.9 ms | gateway CPU % | RSS MiB |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "| system | clients open | events/s | delivered frames/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | Kafka floor p50 / p99 / p99.9 ms | gateway CPU % | RSS MiB | load average |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for d in runs {
         let l = &d.latency.latency;
         let f = &d.kafka_floor.latency;
         let _ = writeln!(
             md,
-            "| {} | {} / {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} / {:.2} / {:.2} | {:.0} | {:.0} |",
+            "| {} | {} / {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} / {:.2} / {:.2} | {:.0} | {:.0} | {} |",
             d.target.key(), d.clients_open, d.clients, fmt_rate(d.events_per_sec), fmt_rate(d.delivered_frames_per_sec),
-            l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, f.p50_ms, f.p99_ms, f.p999_ms, d.cpu_percent, d.rss_mib
+            l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, f.p50_ms, f.p99_ms, f.p999_ms, d.cpu_percent, d.rss_mib, d.load_average
         );
     }
     let _ = writeln!(md, "\nLatency from `metadata.timestamp` (whole milliseconds, so each value carries 0–1 ms of rounding, the floor alike). With the µs production instant carried in `correlationId`:\n");
@@ -219,12 +375,23 @@ pub fn markdown(rep: &Report<'_>) -> String {
         "- machine: {} CPUs ({}), {:.1} GiB, Linux {}, open-files limit {}; load average {} at start, {} at end",
         m.cpus, m.cpu_model, m.memory_gib, m.kernel, m.open_files_limit, m.load_average_start, m.load_average_end
     );
-    let _ = writeln!(md, "- the load tool, the broker and the system under test share these CPUs\n");
+    let _ = writeln!(md, "- the load tool, the broker and the system under test share these CPUs");
+    let c = Kind::Centrifugo;
+    let ran_centrifugo = r.consume.as_ref().is_some_and(|x| x.runs.iter().any(|x| x.target == c))
+        || r.fanout.iter().any(|x| x.target == c)
+        || r.latency.iter().chain(&r.private).any(|x| x.target == c)
+        || r.memory.iter().any(|x| x.target == c);
+    if ran_centrifugo {
+        let _ = writeln!(md, "- Centrifugo {} (built with `go install`), its config for each scenario in `centrifugo-<scenario>.json` beside these results", crate::target::CENTRIFUGO_VERSION);
+    }
+    let _ = writeln!(md);
 
     let _ = writeln!(md, "## Targets\n\n| scenario | target | measured | |\n|---|---|---|---|");
     for t in &rep.targets {
         let _ = writeln!(md, "| {} | {} | {} | {} |", t.scenario, t.target, t.measured, t.met.map_or("", yes));
     }
+
+    side_by_side(&mut md, rep);
 
     if let Some(h) = &r.hot_path {
         let _ = writeln!(md, "\n## a. Hot path (in process, one core)\n\n| what | µs per element | per second |\n|---|---|---|");
@@ -257,15 +424,15 @@ pub fn markdown(rep: &Report<'_>) -> String {
         crate::skip_consume::markdown(&mut md, s);
     }
     if !r.fanout.is_empty() {
-        let _ = writeln!(md, "\n## c. Fan-out: one price stream to N subscribers\n\n| system | clients | events/s | offered frames/s | delivered frames/s | delivered | p50 ms | p99 ms | gateway's own p50 / p99 ≤ ms | gateway CPU % | load tool CPU % | RSS MiB | closed |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "\n## c. Fan-out: one price stream to N subscribers\n\n| system | clients | events/s | offered frames/s | delivered frames/s | delivered | p50 ms | p99 ms | gateway's own p50 / p99 ≤ ms | gateway CPU % | load tool CPU % | RSS MiB | closed | load average |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for f in &r.fanout {
             for s in &f.steps {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {} | {} | {:.0}% | {:.1} | {:.1} | {} | {:.0} | {:.0} | {:.0} | {} |",
+                    "| {} | {} | {} | {} | {} | {:.0}% | {:.1} | {:.1} | {} | {:.0} | {:.0} | {:.0} | {} | {} |",
                     f.target.key(), f.clients_open, s.events_per_sec, fmt_rate(s.offered_frames_per_sec), fmt_rate(s.delivered_frames_per_sec),
                     s.delivered_ratio * 100.0, s.latency.p50_ms, s.latency.p99_ms, le_pair(s.gateway_written_p50_le_ms, s.gateway_written_p99_le_ms),
-                    s.cpu_percent, s.tool_cpu_percent, s.rss_mib, s.clients_closed
+                    s.cpu_percent, s.tool_cpu_percent, s.rss_mib, s.clients_closed, s.load_average
                 );
             }
             if let Some(n) = &f.note {
@@ -291,8 +458,11 @@ pub fn markdown(rep: &Report<'_>) -> String {
                 let _ = writeln!(md, "\n{}: {n}", m.target.key());
             }
         }
+        if r.memory.iter().any(|m| m.target == Kind::Centrifugo) {
+            let _ = writeln!(md, "\ncentrifugo: RSS read {:.0} s after each level's connections opened, for Go's garbage collector to settle (the others: 3 s).", rep.scale.peer_memory_settle_secs);
+        }
     }
-    delivery_table(&mut md, "f. Private delivery: one connection per user, JWT (moonx-ws) / ?userId= (baseline)", &r.private);
+    delivery_table(&mut md, "f. Private delivery: one connection per user, JWT (moonx-ws) / ?userId= (baseline) / JWT and user-limited channels `<channel>#<user>` (Centrifugo)", &r.private);
     if let Some(g) = &r.resume {
         let _ = writeln!(md, "\n## g. Resume storm: every client reconnects at once with `since` (moonx-ws)\n");
         let _ = writeln!(md, "| clients | events/s | gap s | until all live s | replayed | replayed/s | recovered | not recovered | failed | slow-consumer closes | Kafka passes | CPU % steady → storm | RSS MiB steady → storm |");
@@ -332,13 +502,26 @@ pub fn charts(dir: &Path, r: &Results) -> anyhow::Result<()> {
     }
     if let Some(c) = &r.consume {
         let mut bars = vec![("bare rdkafka consumer".to_string(), c.bare_consumer_events_per_sec, 2)];
-        bars.extend(c.runs.iter().map(|run| (run.target.name().to_string(), run.events_per_sec, if run.target == Kind::Moonx { 0 } else { 1 })));
+        bars.extend(c.runs.iter().map(|run| {
+            let colour = match run.target {
+                Kind::Moonx => 0,
+                Kind::Centrifugo => 6,
+                _ => 1,
+            };
+            (run.target.name().to_string(), run.events_per_sec, colour)
+        }));
         chart::bars(&dir.join("consume.png"), &format!("b. consume {} pre-loaded events, no clients", c.events), "events/s", &bars)?;
     }
     if !r.fanout.is_empty() {
         let mut series = Vec::new();
         for (i, f) in r.fanout.iter().enumerate() {
-            series.push((format!("{} delivered", f.target.name()), f.steps.iter().map(|s| (s.offered_frames_per_sec, s.delivered_frames_per_sec)).collect(), if f.target == Kind::Moonx { 0 } else { 1 }));
+            let colour = match f.target {
+                Kind::Moonx => 0,
+                Kind::Baseline => 1,
+                Kind::Centrifugo => 6,
+                Kind::Floor => 2,
+            };
+            series.push((format!("{} delivered", f.target.name()), f.steps.iter().map(|s| (s.offered_frames_per_sec, s.delivered_frames_per_sec)).collect(), colour));
             if i == 0 {
                 series.push(("offered".to_string(), f.steps.iter().map(|s| (s.offered_frames_per_sec, s.offered_frames_per_sec)).collect(), 5));
             }
@@ -360,8 +543,10 @@ pub fn charts(dir: &Path, r: &Results) -> anyhow::Result<()> {
             let c = match (scenario, d.target) {
                 ("d", Kind::Moonx) => 0,
                 ("d", Kind::Baseline) => 1,
+                ("d", _) => 6,
                 (_, Kind::Moonx) => 3,
                 (_, Kind::Baseline) => 5,
+                (_, _) => 7,
             };
             series.push((format!("{scenario} {}", d.target.name()), pts(&d.latency.latency_precise), c));
             if d.target == Kind::Moonx {

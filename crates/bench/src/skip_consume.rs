@@ -138,7 +138,7 @@ impl Suite {
             .iter()
             .map(|u| {
                 let claims = moonx_ws::deliver::auth::Claims { sub: u.clone(), roles: vec![], exp };
-                ClientSpec { url: format!("{}?token={}", target.ws_url(), moonx_ws::deliver::auth::sign(JWT_SECRET, &claims)), subscribe: subscribe.clone() }
+                ClientSpec { url: format!("{}?token={}", target.ws_url(), moonx_ws::deliver::auth::sign(JWT_SECRET, &claims)), subscribe: subscribe.clone(), protocol: crate::clients::Protocol::Moonx }
             })
             .collect();
         let recorder = Arc::new(LatencyRecorder::new());

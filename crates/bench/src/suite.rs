@@ -1,7 +1,8 @@
-//! The scenarios of BENCHMARKS.md, each run for moonx-ws and for the Node.js
-//! baseline in one invocation, on fresh topics, one target at a time.
+//! The scenarios of BENCHMARKS.md, each run for moonx-ws, the Node.js
+//! baseline and Centrifugo v6 in one invocation (and scenario c also for the
+//! fan-out floor), on fresh topics, one target at a time.
 
-use crate::clients::{self, ClientSpec};
+use crate::clients::{self, ClientSpec, Protocol};
 use crate::events::{user_id, Generator, Mix};
 use crate::kafka;
 use crate::procstat::{self, ProcSample};
@@ -35,6 +36,10 @@ pub struct Scale {
     pub resume_clients: usize,
     pub resume_rate: f64,
     pub resume_gap_secs: f64,
+    /// Scenario e, Centrifugo: seconds between opening the connections and
+    /// reading RSS, so that Go's garbage collector settles (moonx-ws and
+    /// Node are read after 3 s, as before).
+    pub peer_memory_settle_secs: f64,
 }
 
 impl Scale {
@@ -56,6 +61,7 @@ impl Scale {
             resume_clients: 10_000,
             resume_rate: 2_000.0,
             resume_gap_secs: 10.0,
+            peer_memory_settle_secs: 120.0,
         }
     }
 
@@ -77,6 +83,7 @@ impl Scale {
             resume_clients: 200,
             resume_rate: 200.0,
             resume_gap_secs: 2.0,
+            peer_memory_settle_secs: 5.0,
         }
     }
 }
@@ -176,6 +183,8 @@ pub struct FanoutStep {
     pub tool_cpu_percent: f64,
     pub rss_mib: f64,
     pub clients_closed: u64,
+    /// /proc/loadavg (1, 5, 15 min) at the end of the step.
+    pub load_average: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -200,6 +209,8 @@ pub struct Delivery {
     pub cpu_percent: f64,
     pub tool_cpu_percent: f64,
     pub rss_mib: f64,
+    /// /proc/loadavg (1, 5, 15 min) at the end of the window.
+    pub load_average: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -251,10 +262,13 @@ pub(crate) struct RateProducer {
 
 impl RateProducer {
     pub(crate) fn start(brokers: &str, topic: &str, rate: f64, mix: Mix, seed: u64) -> Self {
+        Self::start_with(brokers, topic, rate, Generator::new(mix, seed))
+    }
+    fn start_with(brokers: &str, topic: &str, rate: f64, generator: Generator) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let produced = Arc::new(AtomicU64::new(0));
         let (b, t, s, p) = (brokers.to_owned(), topic.to_owned(), stop.clone(), produced.clone());
-        let handle = std::thread::spawn(move || kafka::produce_at_rate(&b, &t, rate, Generator::new(mix, seed), s, p));
+        let handle = std::thread::spawn(move || kafka::produce_at_rate(&b, &t, rate, generator, s, p));
         RateProducer { stop, produced, handle }
     }
     fn produced(&self) -> u64 {
@@ -337,17 +351,27 @@ impl Suite {
         let subscribe: Arc<Vec<String>> =
             Arc::new(channels.iter().map(|c| format!(r#"{{"type":"subscribe","channel":"{c}"}}"#)).collect());
         let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 86_400;
+        let token = |i: usize| {
+            let claims = moonx_ws::deliver::auth::Claims { sub: user_id(i), roles: vec![], exp };
+            moonx_ws::deliver::auth::sign(JWT_SECRET, &claims)
+        };
         (0..n)
             .map(|i| {
+                if kind == Kind::Centrifugo {
+                    // Every connection needs a token there (`sub` = user-i); a
+                    // user's channels are its user-limited `<channel>#user-i`.
+                    let own: Vec<String> = channels
+                        .iter()
+                        .map(|c| if *c == "prices" { (*c).to_owned() } else { format!("{c}#{}", user_id(i)) })
+                        .collect();
+                    return ClientSpec { url: url.to_owned(), subscribe: Arc::new(own), protocol: Protocol::Centrifugo { token: token(i) } };
+                }
                 let url = match (users, kind) {
-                    (false, _) => url.to_owned(),
-                    (true, Kind::Moonx) => {
-                        let claims = moonx_ws::deliver::auth::Claims { sub: user_id(i), roles: vec![], exp };
-                        format!("{url}?token={}", moonx_ws::deliver::auth::sign(JWT_SECRET, &claims))
-                    }
+                    (true, Kind::Moonx) => format!("{url}?token={}", token(i)),
                     (true, Kind::Baseline) => format!("{url}?userId={}", user_id(i)),
+                    _ => url.to_owned(),
                 };
-                ClientSpec { url, subscribe: subscribe.clone() }
+                ClientSpec { url, subscribe: subscribe.clone(), protocol: Protocol::Moonx }
             })
             .collect()
     }
@@ -418,14 +442,19 @@ impl Suite {
         let brokers = self.programs.brokers.clone();
         log(format!("consume: pre-loading {} events into {t}", s.consume_events));
         let (b, tt, n) = (brokers.clone(), t.to_owned(), s.consume_events);
-        let preload = tokio::task::spawn_blocking(move || kafka::preload(&b, &tt, n, Generator::new(CONSUME_MIX, CONSUME_SEED))).await??;
+        // The header only when Centrifugo reads this topic.
+        let headers = self.kinds.contains(&Kind::Centrifugo);
+        let preload = tokio::task::spawn_blocking(move || {
+            kafka::preload(&b, &tt, n, Generator::new(CONSUME_MIX, CONSUME_SEED).with_centrifugo_headers(headers))
+        })
+        .await??;
         let mut out = Consume { events: n, compression: s.consume_compression.clone(), preload_events_per_sec: preload, ..Default::default() };
         let timeout = Duration::from_secs_f64((n as f64 / 5_000.0).max(90.0));
         let (b, tt) = (brokers.clone(), t.to_owned());
         log("consume: bare rdkafka consumer");
         out.bare_consumer_events_per_sec = tokio::task::spawn_blocking(move || kafka::bare_consume(&b, &tt, n, timeout)).await??;
         log(format!("consume: bare consumer {:.0} events/s", out.bare_consumer_events_per_sec));
-        for &kind in &self.kinds {
+        for &kind in self.kinds.iter().filter(|k| k.consumes_kafka()) {
             log(format!("consume: {}", kind.name()));
             let started = Instant::now();
             let target = Target::start(kind, &self.programs, Launch { topic: t, from_beginning: true, env: vec![], tag: "consume" })?;
@@ -487,7 +516,7 @@ impl Suite {
         let t = topic("fanout");
         kafka::create_topic(&self.programs.brokers, &t, 6, LIVE_COMPRESSION).await?;
         let res = async {
-            let target = self.start(kind, &t, false, "fanout").await?;
+            let mut target = self.start(kind, &t, false, "fanout").await?;
             let recorder = Arc::new(LatencyRecorder::new());
             log(format!("fan-out: {} clients on {}", s.fanout_clients, kind.name()));
             let specs = self.specs(kind, &target.ws_url(), s.fanout_clients, &["prices"], false);
@@ -505,7 +534,13 @@ impl Suite {
             for &rate in &s.fanout_rates {
                 let closed_before = clients.closed.load(Ordering::Relaxed);
                 recorder.reset();
-                let producer = RateProducer::start(&self.programs.brokers, &t, rate, Mix::prices(), rate as u64);
+                let generator = Generator::new(Mix::prices(), rate as u64).with_centrifugo_headers(kind == Kind::Centrifugo);
+                let producer = if kind == Kind::Floor {
+                    target.set_floor_rate(rate)?;
+                    None
+                } else {
+                    Some(RateProducer::start_with(&self.programs.brokers, &t, rate, generator))
+                };
                 tokio::time::sleep(Duration::from_secs_f64(s.warmup_secs)).await;
                 let (a, ta) = (target.sample()?, self_sample());
                 let h0 = target.metrics().await.map(|t| crate::target::written_latency_buckets(&t)).unwrap_or_default();
@@ -515,7 +550,12 @@ impl Suite {
                 let (b, tb) = (target.sample()?, self_sample());
                 let h1 = target.metrics().await.map(|t| crate::target::written_latency_buckets(&t)).unwrap_or_default();
                 let written = crate::target::written_latency_quantiles(&h0, &h1, &[0.5, 0.99]);
-                producer.finish()?;
+                match producer {
+                    Some(p) => {
+                        p.finish()?;
+                    }
+                    None => target.set_floor_rate(0.0)?,
+                }
                 let sum = recorder.summary();
                 let secs = b.at.duration_since(a.at).as_secs_f64();
                 let open = clients.still_open();
@@ -534,6 +574,7 @@ impl Suite {
                     tool_cpu_percent: cpu(&ta, &tb),
                     rss_mib: mib(b.rss_bytes),
                     clients_closed: closed,
+                    load_average: crate::report::loadavg(),
                 };
                 log(format!(
                     "fan-out {}: {rate} events/s → {:.0} of {:.0} frames/s ({:.0}%), p99 {:.1} ms, cpu {:.0}%, {open} clients open",
@@ -576,7 +617,8 @@ impl Suite {
             let clients = clients::open(Self::addr(&target), specs, 0, self.concurrency, recorder.clone()).await;
             anyhow::ensure!(clients.opened > 0, "no client connected: {:?}", clients.failures);
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let producer = RateProducer::start(&self.programs.brokers, &t, rate, mix, 42);
+            let generator = Generator::new(mix, 42).with_centrifugo_headers(kind == Kind::Centrifugo);
+            let producer = RateProducer::start_with(&self.programs.brokers, &t, rate, generator);
             tokio::time::sleep(Duration::from_secs_f64(s.warmup_secs)).await;
             let (a, ta, p0) = (target.sample()?, self_sample(), producer.produced());
             let h0 = target.metrics().await.map(|t| crate::target::written_latency_buckets(&t)).unwrap_or_default();
@@ -609,6 +651,7 @@ impl Suite {
                 cpu_percent: procstat::cpu_percent(&a, &b),
                 tool_cpu_percent: cpu(&ta, &tb),
                 rss_mib: mib(b.rss_bytes),
+                load_average: crate::report::loadavg(),
             };
             log(format!(
                 "{scenario} {}: {:.0} frames/s, p50 {:.2} p99 {:.2} p99.9 {:.2} ms (floor p99 {:.2} ms), cpu {:.0}%",
@@ -670,7 +713,11 @@ impl Suite {
                 }
                 have += c.opened;
                 open.push(c);
-                tokio::time::sleep(Duration::from_secs(3)).await;
+                let settle = if kind == Kind::Centrifugo { self.scale.peer_memory_settle_secs } else { 3.0 };
+                if kind == Kind::Centrifugo {
+                    log(format!("memory: {settle:.0} s for Go's garbage collector to settle"));
+                }
+                tokio::time::sleep(Duration::from_secs_f64(settle)).await;
                 let rss = target.sample()?.rss_bytes;
                 let level = MemoryLevel {
                     requested,

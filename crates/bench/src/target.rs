@@ -1,6 +1,9 @@
 //! The systems under test, each started as its own process: `moonx-ws serve`
-//! (the release binary unless told otherwise) and the Node.js baseline
-//! (`node bench/baseline-node/server.js`).
+//! (the release binary unless told otherwise), the Node.js baseline
+//! (`node bench/baseline-node/server.js`), Centrifugo v6 (its memory engine
+//! and Kafka consumer in publication data mode; the config it ran with is
+//! written beside the results) and the fan-out floor (`moonx-bench
+//! fanout-floor`, scenario c only).
 
 use crate::procstat;
 use serde::Serialize;
@@ -15,6 +18,9 @@ pub const JWT_SECRET: &str = "moonx-bench-secret";
 pub enum Kind {
     Moonx,
     Baseline,
+    Centrifugo,
+    /// The fan-out floor: a bare WebSocket writer, no Kafka (scenario c).
+    Floor,
 }
 
 impl Kind {
@@ -22,13 +28,23 @@ impl Kind {
         match self {
             Kind::Moonx => "moonx-ws",
             Kind::Baseline => "baseline (Node.js)",
+            Kind::Centrifugo => "Centrifugo v6",
+            Kind::Floor => "fan-out floor",
         }
     }
     pub fn key(self) -> &'static str {
         match self {
             Kind::Moonx => "moonx",
             Kind::Baseline => "baseline",
+            Kind::Centrifugo => "centrifugo",
+            Kind::Floor => "floor",
         }
+    }
+
+    /// Whether it consumes Kafka (every scenario) or only writes frames
+    /// (the floor, scenario c).
+    pub fn consumes_kafka(self) -> bool {
+        self != Kind::Floor
     }
 }
 
@@ -40,6 +56,10 @@ pub struct Programs {
     pub baseline_dir: PathBuf,
     pub brokers: String,
     pub logs: PathBuf,
+    /// The Centrifugo v6 binary (`bench/run` installs it).
+    pub centrifugo_bin: PathBuf,
+    /// This load tool, which runs the fan-out floor.
+    pub bench_bin: PathBuf,
 }
 
 /// What one run of a target consumes.
@@ -56,6 +76,11 @@ pub struct Target {
     pub port: u16,
     child: Child,
     http: reqwest::Client,
+    /// The floor's command line (`rate <events/s>`).
+    control: Option<std::process::ChildStdin>,
+    /// Centrifugo: the topic, for the readiness probe.
+    topic: String,
+    brokers: String,
 }
 
 /// A free port below the ephemeral range (32768–60999 by default), so that
@@ -116,14 +141,40 @@ impl Target {
                 c.arg(programs.baseline_dir.join("server.js"));
                 c
             }
+            Kind::Centrifugo => {
+                anyhow::ensure!(
+                    programs.centrifugo_bin.exists(),
+                    "{} does not exist: bench/run installs it (go install github.com/centrifugal/centrifugo/v6@{CENTRIFUGO_VERSION})",
+                    programs.centrifugo_bin.display()
+                );
+                let config = centrifugo_config(port, &programs.brokers, launch.topic, &group);
+                // Beside the results (out/), so a reader sees what it ran with.
+                let dir = programs.logs.parent().unwrap_or(&programs.logs);
+                let path = dir.join(format!("centrifugo-{}.json", launch.tag));
+                std::fs::write(&path, serde_json::to_string_pretty(&config)?)?;
+                let mut c = Command::new(&programs.centrifugo_bin);
+                c.arg("--config").arg(&path);
+                c
+            }
+            Kind::Floor => {
+                let mut c = Command::new(&programs.bench_bin);
+                c.arg("fanout-floor").arg("--port").arg(port.to_string());
+                c
+            }
         };
         for (k, v) in launch.env {
             env.retain(|(ek, _)| ek != k);
             env.push((k.into(), v));
         }
-        cmd.envs(env).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-        let child = cmd.spawn().map_err(|e| anyhow::anyhow!("cannot start {}: {e}", kind.name()))?;
-        Ok(Target { kind, port, child, http: reqwest::Client::new() })
+        if kind == Kind::Centrifugo {
+            // Its settings come from the config file only.
+            env.clear();
+        }
+        let stdin = if kind == Kind::Floor { Stdio::piped() } else { Stdio::null() };
+        cmd.envs(env).stdin(stdin).stdout(log.try_clone()?).stderr(log);
+        let mut child = cmd.spawn().map_err(|e| anyhow::anyhow!("cannot start {}: {e}", kind.name()))?;
+        let control = child.stdin.take();
+        Ok(Target { kind, port, child, http: reqwest::Client::new(), control, topic: launch.topic.to_owned(), brokers: programs.brokers.clone() })
     }
 
     pub fn pid(&self) -> u32 {
@@ -131,7 +182,19 @@ impl Target {
     }
 
     pub fn ws_url(&self) -> String {
-        format!("ws://127.0.0.1:{}/ws", self.port)
+        match self.kind {
+            Kind::Centrifugo => format!("ws://127.0.0.1:{}/connection/websocket", self.port),
+            _ => format!("ws://127.0.0.1:{}/ws", self.port),
+        }
+    }
+
+    /// The floor: frames per second per connection from now on (0 stops).
+    pub fn set_floor_rate(&mut self, events_per_sec: f64) -> anyhow::Result<()> {
+        use std::io::Write;
+        let control = self.control.as_mut().ok_or_else(|| anyhow::anyhow!("{} takes no rate", self.kind.name()))?;
+        writeln!(control, "rate {events_per_sec}")?;
+        control.flush()?;
+        Ok(())
     }
 
     /// Waits until the target answers `/health` as ready (consumer joined
@@ -139,17 +202,46 @@ impl Target {
     pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         let url = format!("http://127.0.0.1:{}/health", self.port);
+        let mut probed = false;
         loop {
             if let Some(status) = self.child.try_wait()? {
                 anyhow::bail!("{} exited during start-up ({status})", self.kind.name());
+            }
+            if self.kind == Kind::Floor {
+                if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    anyhow::bail!("{} not listening after {timeout:?}", self.kind.name());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            if self.kind == Kind::Centrifugo && probed {
+                if self.consumed().await.unwrap_or(0) >= 1 {
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    anyhow::bail!("{}: its Kafka consumer did not process the probe record within {timeout:?}", self.kind.name());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
             if let Ok(r) = self.http.get(&url).timeout(Duration::from_secs(2)).send().await {
                 let ok = r.status().is_success();
                 let body = r.text().await.unwrap_or_default();
                 let ready = match self.kind {
-                    Kind::Moonx => ok,
+                    Kind::Moonx | Kind::Floor => ok,
                     Kind::Baseline => ok && body.contains("\"status\":\"ok\""),
+                    Kind::Centrifugo => ok,
                 };
+                if ready && self.kind == Kind::Centrifugo {
+                    // Up; ready once its consumer has the partitions.
+                    let (b, t) = (self.brokers.clone(), self.topic.clone());
+                    tokio::task::spawn_blocking(move || crate::kafka::produce_probe(&b, &t)).await??;
+                    probed = true;
+                    continue;
+                }
                 if ready {
                     return Ok(());
                 }
@@ -171,6 +263,9 @@ impl Target {
         let name = match self.kind {
             Kind::Moonx => moonx,
             Kind::Baseline => baseline,
+            // Records its Kafka consumer processed (the probe included).
+            Kind::Centrifugo => "centrifugo_consumers_messages_processed_total",
+            Kind::Floor => anyhow::bail!("the fan-out floor has no metrics"),
         };
         Ok(metric_sum(&self.metrics().await?, name))
     }
@@ -206,6 +301,41 @@ impl Drop for Target {
             let _ = self.child.wait();
         }
     }
+}
+
+pub const CENTRIFUGO_VERSION: &str = "v6.9.1";
+
+/// Centrifugo's config for one run: its documented defaults plus what the
+/// scenarios need and nothing tuned: the memory engine (the default, named),
+/// the HS256 secret the clients sign with, clients may subscribe to channels
+/// without a namespace (`prices`) and to user-limited ones
+/// (`orders#user-3`: only user-3), Prometheus metrics and `/health` for the
+/// load tool, and one Kafka consumer in publication data mode (the record
+/// value is the publication's data, its channels come from the
+/// `centrifugo-channels` header). A fresh consumer group starts from the
+/// topic's beginning (franz-go's default), as scenario b needs; the live
+/// scenarios use fresh topics.
+pub fn centrifugo_config(port: u16, brokers: &str, topic: &str, group: &str) -> serde_json::Value {
+    serde_json::json!({
+        "http_server": {"address": "127.0.0.1", "port": port},
+        "log": {"level": "warn"},
+        "engine": {"type": "memory"},
+        "client": {"token": {"hmac_secret_key": JWT_SECRET}},
+        "channel": {"without_namespace": {"allow_subscribe_for_client": true, "allow_user_limited_channels": true}},
+        "prometheus": {"enabled": true},
+        "health": {"enabled": true},
+        "consumers": [{
+            "name": "bench",
+            "enabled": true,
+            "type": "kafka",
+            "kafka": {
+                "brokers": brokers.split(',').collect::<Vec<_>>(),
+                "topics": [topic],
+                "consumer_group": group,
+                "publication_data_mode": {"enabled": true, "channels_header": "centrifugo-channels"}
+            }
+        }]
+    })
 }
 
 pub fn metric_sum(text: &str, name: &str) -> f64 {

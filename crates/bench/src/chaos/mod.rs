@@ -371,7 +371,7 @@ async fn scenario(a: &ChaosArgs, tp: &toxiproxy::Toxiproxy, name: &str, logs: &s
     let instances = if name == "failover" { 2 } else { 1 };
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let mut cluster = Cluster {
-        programs: Programs { moonx_bin: a.moonx_bin.clone(), node: String::new(), baseline_dir: PathBuf::new(), brokers: a.proxy_listen.clone(), logs: logs.to_path_buf() },
+        programs: Programs { moonx_bin: a.moonx_bin.clone(), node: String::new(), baseline_dir: PathBuf::new(), brokers: a.proxy_listen.clone(), logs: logs.to_path_buf(), centrifugo_bin: PathBuf::new(), bench_bin: PathBuf::new() },
         topic: topic.clone(),
         tag: name.to_owned(),
         gws: (0..instances)
