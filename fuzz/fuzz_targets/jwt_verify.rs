@@ -226,14 +226,14 @@ fn check_signed(s: Signed) {
     if let Some(v) = &exp {
         claims.insert("exp".into(), v.clone());
     }
-    // nbf: optional (null counts as absent), a non-negative number (the
-    // library rounds a fraction, as RFC 7519 allows), not after now.
+    // nbf: optional, but when present a non-negative number (null is
+    // refused; the library rounds a fraction, as RFC 7519 allows), not after now.
     let nbf = time(&s.nbf, now);
     let nbf_secs = |v: &Value| {
         v.as_u64().map(|n| n as f64).or_else(|| v.as_f64().filter(|f| f.is_finite() && *f >= 0.0 && *f < u64::MAX as f64))
     };
     match nbf.as_ref().map(|v| (v, nbf_secs(v))) {
-        None | Some((Value::Null, _)) => {}
+        None => {}
         Some((_, None)) => verdict.refuse(AuthError::BadClaims),
         Some((v, Some(n))) => {
             let n = v.as_u64().map_or_else(|| n.round() as i128, i128::from);
