@@ -184,9 +184,11 @@ where
 /// this the resume is abandoned (`recovered:false`) and they go out live.
 const MAX_HELD_FRAMES: usize = 4096;
 /// How long a resume that arrives before its partition is assigned waits for
-/// it (then `recovered:false`): a restarted instance is assigned within a
-/// second or two; past this the broker is away and the client should not hang.
-pub const RESUME_PARTITION_WAIT: Duration = Duration::from_secs(5);
+/// it (then `recovered:false`): an instance restarted after a SIGKILL is
+/// assigned only once its dead predecessor's group session (10 s,
+/// `source::kafka`) has expired; past this the broker is away and the client
+/// should not hang.
+pub const RESUME_PARTITION_WAIT: Duration = Duration::from_secs(15);
 /// How often such a resume looks again: the boundary becomes known by the
 /// assignment or by the partition's first record, both under the hub lock,
 /// so a short poll covers both without a signal in the publish path.
