@@ -91,3 +91,48 @@ async fn a_resume_that_arrives_before_the_restarted_gateway_is_assigned_waits_an
     produce_orders(&p, &topics.main, user, 25..28).await;
     assert_eq!(order_numbers(&events(&mut c, 3).await), vec![25, 26, 27]);
 }
+
+/// Issue 15's recovery target, after the chaos suite's broker-unreachable
+/// scenario: the broker away longer than the consumer's group session (so
+/// the session expires and the consumer must rejoin), then back; the
+/// gateway must be healthy and deliver a new event within 10 s of the
+/// broker answering again.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_delivers_within_10_s_of_a_broker_back_from_an_outage_longer_than_the_session() {
+    const RECOVERY_TARGET: Duration = Duration::from_secs(10);
+    // A broker of this test's own, so that stopping it disturbs no other test.
+    let port: u16 = std::env::var("KAFKA_RESTART_TEST_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(19092);
+    let broker = ExtraBroker::start(port);
+    let topics = create_topics_on(&broker.brokers(), "rel-outage").await;
+    let gw = Gateway::start(GatewayConfig {
+        extra_env: vec![("KAFKA_BROKERS", broker.brokers()), ("WS_PRESENCE_EVENTS", "false".into())],
+        ..GatewayConfig::new(&topics)
+    });
+    gw.wait_healthy().await;
+    let user = "lee";
+    let mut c = Client::authed(&gw.ws_url(), user, &[]).await;
+    c.subscribe("orders").await;
+    let p = producer_on(&broker.brokers());
+    produce_orders(&p, &topics.main, user, 0..1).await;
+    assert_eq!(order_numbers(&events(&mut c, 1).await), vec![0]);
+    drop(p);
+
+    broker.run("stop");
+    // Away until the consumer's session has expired (it revokes its partitions).
+    eventually("the consumer's group session expires", Duration::from_secs(60), || async {
+        if gw.logs().contains("partitions revoked") { Ok(()) } else { Err("still in its session".into()) }
+    })
+    .await;
+    broker.run("start");
+    let back = tokio::time::Instant::now();
+    let p = producer_on(&broker.brokers());
+    produce_orders(&p, &topics.main, user, 1..2).await;
+    let left = RECOVERY_TARGET.saturating_sub(back.elapsed());
+    let v = c.recv_type("event", left).await;
+    assert_eq!(order_numbers(&[v]), vec![1], "the event produced after the outage");
+    eventually("health is back", RECOVERY_TARGET.saturating_sub(back.elapsed()), || async {
+        let (code, body) = http_get(&format!("{}/health", gw.base())).await.map_err(|e| e.to_string())?;
+        if code == 200 { Ok(()) } else { Err(format!("{code} {body}")) }
+    })
+    .await;
+}
