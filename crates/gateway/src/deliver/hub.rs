@@ -977,8 +977,8 @@ impl Hub {
     }
 
     /// Whether a subscription with `since` names a partition whose live
-    /// boundary this process does not know yet (its topic not assigned yet,
-    /// or neither a committed start nor a record of it seen): right after a
+    /// boundary this process does not know yet (no topic assigned yet, or
+    /// neither a committed start nor a record of it seen): right after a
     /// restart the clients come back before the assignment, and waiting a
     /// moment for it turns their `recovered:false` into a proven seam.
     pub fn resume_awaits_partition(&self, channel: Channel, since: &str) -> bool {
@@ -988,8 +988,11 @@ impl Hub {
         }
         let resume = &self.inner.resume;
         match resume.streams.get(&pos.topic) {
-            None => true,
+            // Nothing assigned yet; once something is, an unknown topic is another stream.
+            None => resume.streams.none_known(),
             Some(generation) if generation != pos.generation => false,
+            // A partition the topic does not have is never assigned.
+            Some(super::resume::Generation::Partitions(n)) if pos.partition >= n => false,
             Some(_) => {
                 resume.streams.start_of(&pos.topic, pos.partition).is_none()
                     && self.state().windows.boundary(&pos.topic, pos.partition, pos.offset).is_none()

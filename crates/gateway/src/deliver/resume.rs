@@ -227,6 +227,11 @@ impl Streams {
         self.starts.lock().unwrap_or_else(|p| p.into_inner()).get(&(topic.to_owned(), partition)).copied()
     }
 
+    /// No topic declared yet (the source has not been assigned anything).
+    pub fn none_known(&self) -> bool {
+        self.generations.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
     pub fn get(&self, topic: &str) -> Option<Generation> {
         self.generations.lock().unwrap_or_else(|p| p.into_inner()).get(topic).copied()
     }
