@@ -44,10 +44,11 @@ fn order_numbers(frames: &[Value]) -> Vec<usize> {
 }
 
 /// The chaos suite's SIGKILL scenario: clients reconnect to the restarted
-/// gateway before its consumer is assigned; every resume used to be
-/// answered `recovered:false` at once. Now it waits for the assignment and
+/// gateway before its consumer is assigned, and every resume is answered
+/// `recovered:false` at once. The target: it waits for the assignment and
 /// replays exactly what was missed.
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "the wait for the assignment it needs was reverted: with it the full SIGKILL chaos run lost 1,238 deliveries (RELIABILITY.md, 'Fixed after this run')"]
 async fn a_resume_that_arrives_before_the_restarted_gateway_is_assigned_waits_and_recovers() {
     let topics = create_topics("rel-kill-resume").await;
     // Presence off: a `user.connected` record of the user would move the seam.

@@ -976,30 +976,6 @@ impl Hub {
         self.state().windows.observe(&at);
     }
 
-    /// Whether a subscription with `since` names a partition whose live
-    /// boundary this process does not know yet (no topic assigned yet, or
-    /// neither a committed start nor a record of it seen): right after a
-    /// restart the clients come back before the assignment, and waiting a
-    /// moment for it turns their `recovered:false` into a proven seam.
-    pub fn resume_awaits_partition(&self, channel: Channel, since: &str) -> bool {
-        let Ok(pos) = Position::parse(since) else { return false };
-        if !matches!(channel, Channel::Orders | Channel::Portfolio | Channel::Trades) {
-            return false;
-        }
-        let resume = &self.inner.resume;
-        match resume.streams.get(&pos.topic) {
-            // Nothing assigned yet; once something is, an unknown topic is another stream.
-            None => resume.streams.none_known(),
-            Some(generation) if generation != pos.generation => false,
-            // A partition the topic does not have is never assigned.
-            Some(super::resume::Generation::Partitions(n)) if pos.partition >= n => false,
-            Some(_) => {
-                resume.streams.start_of(&pos.topic, pos.partition).is_none()
-                    && self.state().windows.boundary(&pos.topic, pos.partition, pos.offset).is_none()
-            }
-        }
-    }
-
     /// Subscribes `id` to a private channel and decides, under the same lock
     /// (so the seam is exact), how the events after `since` reach it.
     pub fn subscribe_resume(&self, id: ConnId, channel: Channel, since: &str) -> ResumeStart {

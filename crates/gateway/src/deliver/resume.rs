@@ -37,18 +37,11 @@
 //! [`super::hub`]'s live entitlement rule admits it with the connection's
 //! identity at resume time.
 //!
-//! **Before the assignment.** A resume that arrives before this process
-//! knows its partition's live boundary (right after a restart the clients
-//! reconnect before the consumer is assigned) waits for it, bounded
-//! (`session::RESUME_PARTITION_WAIT`, counted by
-//! `resume_partition_waits_total`), without subscribing meanwhile; then it is
-//! decided as any other.
-//!
 //! **When the answer is `recovered:false`**: a position that does not parse,
 //! names another topic, generation or epoch, or a partition that the
 //! connection's user is not keyed to; a partition this process has neither
-//! processed a record of nor knows the committed start of by the end of that
-//! wait (it cannot tell what it skipped); a replay longer than `RESUME_MAX_EVENTS`; a position
+//! processed a record of nor knows the committed start of (it cannot tell
+//! what it skipped); a replay longer than `RESUME_MAX_EVENTS`; a position
 //! more than `RESUME_MAX_SCAN_RECORDS` behind the live boundary, or before
 //! the log start (retention or deleted records); a Kafka read that fails or
 //! times out.
@@ -225,11 +218,6 @@ impl Streams {
 
     pub fn start_of(&self, topic: &str, partition: i32) -> Option<i64> {
         self.starts.lock().unwrap_or_else(|p| p.into_inner()).get(&(topic.to_owned(), partition)).copied()
-    }
-
-    /// No topic declared yet (the source has not been assigned anything).
-    pub fn none_known(&self) -> bool {
-        self.generations.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
     }
 
     pub fn get(&self, topic: &str) -> Option<Generation> {
@@ -454,8 +442,6 @@ pub struct ResumeMetrics {
     pub seconds: Histogram,
     pub readers_active: IntGauge,
     pub reader_passes: prometheus::IntCounter,
-    /// Resumes that waited for their partition's assignment, by how the wait ended (`ready`, `timeout`).
-    pub partition_waits: IntCounterVec,
 }
 
 impl ResumeMetrics {
@@ -477,13 +463,8 @@ impl ResumeMetrics {
                 .expect("valid metric"),
             reader_passes: prometheus::IntCounter::new("resume_kafka_reader_passes_total", "Kafka history read passes (each serves every resumer of one partition waiting for it).")
                 .expect("valid metric"),
-            partition_waits: IntCounterVec::new(
-                Opts::new("resume_partition_waits_total", "Subscriptions with `since` that arrived before their partition was assigned and waited for it, by how the wait ended (ready, timeout)."),
-                &["result"],
-            )
-            .expect("valid metric"),
         };
-        for c in [Box::new(m.requests.clone()) as Box<dyn prometheus::core::Collector>, Box::new(m.events.clone()), Box::new(m.seconds.clone()), Box::new(m.readers_active.clone()), Box::new(m.reader_passes.clone()), Box::new(m.partition_waits.clone())] {
+        for c in [Box::new(m.requests.clone()) as Box<dyn prometheus::core::Collector>, Box::new(m.events.clone()), Box::new(m.seconds.clone()), Box::new(m.readers_active.clone()), Box::new(m.reader_passes.clone())] {
             // A second hub on the same registry (tests) keeps the first registration.
             let _ = registry.register(c);
         }

@@ -183,16 +183,6 @@ where
 /// Live frames of a resuming channel held while its history is read; past
 /// this the resume is abandoned (`recovered:false`) and they go out live.
 const MAX_HELD_FRAMES: usize = 4096;
-/// How long a resume that arrives before its partition is assigned waits for
-/// it (then `recovered:false`): an instance restarted after a SIGKILL is
-/// assigned only once its dead predecessor's group session (10 s,
-/// `source::kafka`) has expired; past this the broker is away and the client
-/// should not hang.
-pub const RESUME_PARTITION_WAIT: Duration = Duration::from_secs(15);
-/// How often such a resume looks again: the boundary becomes known by the
-/// assignment or by the partition's first record, both under the hub lock,
-/// so a short poll covers both without a signal in the publish path.
-const RESUME_PARTITION_RECHECK: Duration = Duration::from_millis(50);
 
 /// A token bucket: `burst` messages at once, `per_sec` sustained.
 struct RateLimiter {
@@ -246,13 +236,6 @@ struct Session {
     /// re-subscribes its channels at once): started in order, one at a
     /// time, each when the one before has answered. At most one per channel.
     queued_resumes: std::collections::VecDeque<(Channel, String, Option<serde_json::Value>)>,
-    /// A resume waiting for its partition's assignment (not subscribed
-    /// meanwhile); queued resumes wait behind it. Boxed: set only right after
-    /// a restart.
-    awaiting_partition: Option<Box<AwaitingPartition>>,
-    /// A wait for a partition ran out on this connection: later resumes do
-    /// not wait again, so one connection waits at most `RESUME_PARTITION_WAIT`.
-    partition_wait_spent: bool,
     held: Vec<Outbound>,
     /// Per channel, live frames at or before this offset are ones the
     /// client already has (it resumed from a position this instance had not reached).
@@ -265,16 +248,6 @@ struct Resuming {
     id: Option<serde_json::Value>,
     started: Instant,
     read: HistoryFuture,
-}
-
-struct AwaitingPartition {
-    channel: Channel,
-    since: String,
-    id: Option<serde_json::Value>,
-    deadline: Instant,
-    next_check: Instant,
-    /// Unsubscribed meanwhile: answered `recovered:false` and not subscribed.
-    cancelled: bool,
 }
 
 /// Runs a connection to its end, once `upgrade` hands over the socket
@@ -316,8 +289,6 @@ where
         replay: Vec::new(),
         resuming: None,
         queued_resumes: std::collections::VecDeque::new(),
-        awaiting_partition: None,
-        partition_wait_spent: false,
         held: Vec::new(),
         skip_through: None,
     };
@@ -366,13 +337,11 @@ where
                     break *d;
                 }
                 if session.resuming.is_none()
-                    && session.awaiting_partition.is_none()
                     && let Some((ch, since, id)) = session.queued_resumes.pop_front()
                 {
                     // The next queued resume: answered now (from memory, or not
                     // recovered), or it waits for its history like the first.
-                    let may_wait = !session.partition_wait_spent;
-                    if let Some(reply) = session.resume(ch, &since, &id, may_wait) {
+                    if let Some(reply) = session.resume(ch, &since, &id) {
                         if let Err(f) = timed(write_timeout, ws.send_text(&reply)).await { break f.into(); }
                         let frames = std::mem::take(&mut session.replay);
                         if let Err(f) = timed(write_timeout, session.write_frames(&mut ws, frames)).await { break f.into(); }
@@ -395,13 +364,6 @@ where
                         session.expire();
                         let msg = protocol::error(ErrorCode::Unauthorized, "your token expired: private subscriptions ended, public ones continue", &None);
                         if let Err(f) = timed(write_timeout, ws.send_text(&msg)).await { break f.into(); }
-                    }
-                    _ = tokio::time::sleep_until(session.awaiting_partition.as_ref().map_or_else(Instant::now, |a| a.next_check).into()), if session.awaiting_partition.is_some() => {
-                        if let Some(reply) = session.recheck_partition() {
-                            if let Err(f) = timed(write_timeout, ws.send_text(&reply)).await { break f.into(); }
-                            let frames = std::mem::take(&mut session.replay);
-                            if let Err(f) = timed(write_timeout, session.write_frames(&mut ws, frames)).await { break f.into(); }
-                        }
                     }
                     read = async { (&mut session.resuming.as_mut().expect("guarded").read).await }, if session.resuming.is_some() => {
                         let reply = session.resumed(read);
@@ -549,27 +511,14 @@ impl Session {
     }
 
     /// Starts a subscription with `since` on a private channel; the reply
-    /// now, or `None` when it waits for the history or (`may_wait`) for its
-    /// partition's assignment.
-    fn resume(&mut self, ch: Channel, since: &str, id: &Option<serde_json::Value>, may_wait: bool) -> Option<String> {
+    /// now, or `None` when it waits for the history.
+    fn resume(&mut self, ch: Channel, since: &str, id: &Option<serde_json::Value>) -> Option<String> {
         let metrics = self.hub.resume_metrics().clone();
         let started = Instant::now();
         if self.hub.is_subscribed(self.id, ch) {
             // The live stream already runs: what came before it cannot be told apart.
             ResumeOutcome::NotRecovered("already_subscribed").emit(&metrics, self.id, ch, None);
             return Some(protocol::subscribed_resumed(ch, false, 0, id));
-        }
-        if may_wait && self.hub.resume_awaits_partition(ch, since) {
-            // Not subscribed yet: the seam is decided once the boundary is known.
-            self.awaiting_partition = Some(Box::new(AwaitingPartition {
-                channel: ch,
-                since: since.to_owned(),
-                id: id.clone(),
-                deadline: started + RESUME_PARTITION_WAIT,
-                next_check: started + RESUME_PARTITION_RECHECK,
-                cancelled: false,
-            }));
-            return None;
         }
         match self.hub.subscribe_resume(self.id, ch, since) {
             ResumeStart::NotRecovered(why) => {
@@ -588,31 +537,6 @@ impl Session {
                 None
             }
         }
-    }
-
-    /// Looks again at the partition a resume waits for: once it is known (or
-    /// the wait ran out, or the channel was unsubscribed) the resume is
-    /// decided and its reply returned (`None`: still waiting, or now waiting
-    /// for its history).
-    fn recheck_partition(&mut self) -> Option<String> {
-        let a = self.awaiting_partition.as_mut()?;
-        let now = Instant::now();
-        if a.cancelled {
-            let a = self.awaiting_partition.take()?;
-            ResumeOutcome::NotRecovered("unsubscribed").emit(self.hub.resume_metrics(), self.id, a.channel, None);
-            return Some(protocol::subscribed_resumed(a.channel, false, 0, &a.id));
-        }
-        let ready = !self.hub.resume_awaits_partition(a.channel, &a.since);
-        if !ready && now < a.deadline {
-            a.next_check = now + RESUME_PARTITION_RECHECK;
-            return None;
-        }
-        let a = self.awaiting_partition.take()?;
-        self.hub.resume_metrics().partition_waits.with_label_values(&[if ready { "ready" } else { "timeout" }]).inc();
-        if !ready {
-            self.partition_wait_spent = true;
-        }
-        self.resume(a.channel, &a.since, &a.id, false)
     }
 
     /// The reply to a resume whose history was read; its frames go to `replay`.
@@ -691,13 +615,10 @@ impl Session {
                 }
                 if let Some(since) = since.as_deref().filter(|_| ch != Channel::Prices) {
                     // resume (SPEC 6.1); `prices` needs none: its snapshot covers it.
-                    if self.resuming.as_ref().is_some_and(|r| r.channel == ch)
-                        || self.awaiting_partition.as_ref().is_some_and(|a| a.channel == ch)
-                        || self.queued_resumes.iter().any(|q| q.0 == ch)
-                    {
+                    if self.resuming.as_ref().is_some_and(|r| r.channel == ch) || self.queued_resumes.iter().any(|q| q.0 == ch) {
                         return Err(err(ErrorCode::BadRequest, format!("a resume of {} is already under way: wait for its subscribed reply", ch.as_str())));
                     }
-                    if (self.resuming.is_some() || self.awaiting_partition.is_some()) && ch != Channel::System {
+                    if self.resuming.is_some() && ch != Channel::System {
                         // Its reply comes when its turn comes (after the one under way).
                         self.queued_resumes.push_back((ch, since.to_owned(), id.clone()));
                         return Ok(String::new());
@@ -707,8 +628,7 @@ impl Session {
                         self.pending_subscription = Some((ch, None));
                         return Ok(protocol::subscribed_resumed(ch, false, 0, id));
                     }
-                    let may_wait = !self.partition_wait_spent;
-                    return Ok(self.resume(ch, since, id, may_wait).unwrap_or_default());
+                    return Ok(self.resume(ch, since, id).unwrap_or_default());
                 }
                 // Reply first, so that `subscribed` precedes the snapshot frames.
                 let reply = protocol::subscribed(ch, tokens.as_deref(), id);
@@ -719,11 +639,6 @@ impl Session {
                 let ch = Channel::parse(&channel).ok_or_else(|| err(ErrorCode::UnknownChannel, format!("no channel {channel:?}")))?;
                 // A resume still queued for it is dropped with it.
                 self.queued_resumes.retain(|q| q.0 != ch);
-                if let Some(a) = self.awaiting_partition.as_mut().filter(|a| a.channel == ch) {
-                    // Its reply (`recovered:false`) comes at once, and it never subscribes.
-                    a.cancelled = true;
-                    a.next_check = Instant::now();
-                }
                 self.hub.unsubscribe(self.id, ch);
                 Ok(protocol::unsubscribed(ch, id))
             }
