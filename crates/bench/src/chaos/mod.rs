@@ -166,7 +166,7 @@ impl Cluster {
             ("KAFKA_CONSUMER_GROUP_ID", g.group.clone()),
             ("GATEWAY_INSTANCE_ID", g.instance.clone()),
             ("EVENT_DEAD_LETTER_QUEUE_TOPIC", format!("{}.dlq", self.topic)),
-            ("RUST_LOG", "warn,rdkafka=error".into()),
+            ("RUST_LOG", "warn,rdkafka=error,moonx_ws::source::kafka=info".into()),
         ];
         let mut t = Target::start(Kind::Moonx, &self.programs, Launch { topic: &self.topic, from_beginning: false, env, tag: &tag })?;
         t.port = g.port; // PORT above wins over the port Target picked
