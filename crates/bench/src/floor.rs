@@ -32,6 +32,9 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 /// rate) before it skips.
 const RING: usize = 4096;
 
+/// Frames written per flush, at most: moonx-ws's `WRITE_BATCH`.
+const WRITE_BATCH: usize = 64;
+
 /// A subscribe frame is a few dozen bytes; anything longer is not ours.
 const MAX_SUBSCRIBE_BYTES: usize = 4096;
 
@@ -97,7 +100,10 @@ async fn accept(stream: tokio::net::TcpStream) -> anyhow::Result<Ws> {
     }
 }
 
-/// Writes each frame to the connection until a write fails.
+/// Writes each frame to the connection until a write fails: every frame
+/// already in the ring is fed, then one flush (moonx-ws's session writes up
+/// to `WRITE_BATCH` frames per flush the same way; a flush per frame would
+/// make the floor slower than the system it bounds).
 async fn writer(mut ws: Ws, mut frames: broadcast::Receiver<Utf8Bytes>) {
     loop {
         let frame = match frames.recv().await {
@@ -105,7 +111,21 @@ async fn writer(mut ws: Ws, mut frames: broadcast::Receiver<Utf8Bytes>) {
             Err(broadcast::error::RecvError::Lagged(_)) => continue,
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        if ws.send(Message::Text(frame)).await.is_err() {
+        if ws.feed(Message::Text(frame)).await.is_err() {
+            return;
+        }
+        for _ in 1..WRITE_BATCH {
+            match frames.try_recv() {
+                Ok(f) => {
+                    if ws.feed(Message::Text(f)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            }
+        }
+        if ws.flush().await.is_err() {
             return;
         }
     }
