@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::ws::Client;
+use common::ws::{order_numbers, Client};
 use common::*;
 use futures_util::future::join_all;
 use rdkafka::producer::FutureProducer;
@@ -23,25 +23,9 @@ async fn produce_orders(p: &FutureProducer, topic: &str, user: &str, range: std:
 
 /// Reads `n` event frames, failing if they do not all come within `WAIT`.
 async fn events(c: &mut Client, n: usize) -> Vec<Value> {
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while out.len() < n {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match c.recv(left).await {
-            Some(v) if v["type"] == "event" => out.push(v),
-            Some(_) => {}
-            None => panic!("got {} of {n} events (closed: {:?})", out.len(), c.closed),
-        }
-    }
-    out
+    c.events(n, WAIT).await
 }
 
-fn order_numbers(frames: &[Value]) -> Vec<usize> {
-    frames
-        .iter()
-        .map(|f| f["event"]["data"]["orderId"].as_str().unwrap().trim_start_matches("order-").parse().unwrap())
-        .collect()
-}
 
 /// The chaos suite's SIGKILL scenario: clients reconnect to the restarted
 /// gateway before its consumer is assigned, and every resume is answered

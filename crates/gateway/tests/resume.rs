@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::ws::Client;
+use common::ws::{order_numbers, Client};
 use common::*;
 use futures_util::future::join_all;
 use moonx_ws::deliver::resume::{Partitioner, Position};
@@ -39,25 +39,9 @@ async fn produce_prices(p: &FutureProducer, topic: &str, n: usize) {
 
 /// Reads `n` event frames, failing if they do not all come within `WAIT`.
 async fn events(c: &mut Client, n: usize) -> Vec<Value> {
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while out.len() < n {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match c.recv(left).await {
-            Some(v) if v["type"] == "event" => out.push(v),
-            Some(_) => {}
-            None => panic!("got {} of {n} events (closed: {:?})", out.len(), c.closed),
-        }
-    }
-    out
+    c.events(n, WAIT).await
 }
 
-fn order_numbers(frames: &[Value]) -> Vec<usize> {
-    frames
-        .iter()
-        .map(|f| f["event"]["data"]["orderId"].as_str().unwrap().trim_start_matches("order-").parse().unwrap())
-        .collect()
-}
 
 /// Subscribes with `since` and returns the `subscribed` reply.
 async fn resume(c: &mut Client, channel: &str, since: &str) -> Value {

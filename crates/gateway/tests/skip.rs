@@ -284,17 +284,7 @@ async fn a_non_writer_skips_exactly_the_records_nobody_connected_there_may_recei
 
 /// Reads `n` event frames.
 async fn events(c: &mut Client, n: usize) -> Vec<Value> {
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while out.len() < n {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match c.recv(left).await {
-            Some(v) if v["type"] == "event" => out.push(v),
-            Some(_) => {}
-            None => panic!("got {} of {n} events (closed: {:?})", out.len(), c.closed),
-        }
-    }
-    out
+    c.events(n, WAIT).await
 }
 
 async fn produce_orders(p: &rdkafka::producer::FutureProducer, topic: &str, user: &str, range: std::ops::Range<usize>) -> Vec<String> {

@@ -97,6 +97,22 @@ impl Client {
         }
     }
 
+    /// Reads `n` event frames (other frames are skipped), failing if they
+    /// do not all come within `timeout`.
+    pub async fn events(&mut self, n: usize, timeout: Duration) -> Vec<Value> {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv(left).await {
+                Some(v) if v["type"] == "event" => out.push(v),
+                Some(_) => {}
+                None => panic!("got {} of {n} events (closed: {:?})", out.len(), self.closed),
+            }
+        }
+        out
+    }
+
     /// Skips frames until one of type `kind` arrives.
     pub async fn recv_type(&mut self, kind: &str, timeout: Duration) -> Value {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -216,4 +232,12 @@ impl Client {
             }
         }
     }
+}
+
+/// The numbers of `order-<n>` order ids in event frames, in order.
+pub fn order_numbers(frames: &[Value]) -> Vec<usize> {
+    frames
+        .iter()
+        .map(|f| f["event"]["data"]["orderId"].as_str().unwrap().trim_start_matches("order-").parse().unwrap())
+        .collect()
 }
